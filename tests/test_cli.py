@@ -58,7 +58,7 @@ BAD_INPUTS = {
     "empty folder": (["pretrain", "data.name=folder", "data.root={tmp}/empty"], "{tmp}/empty: no images found"),
     "corrupt image": (["pretrain", "data.name=folder", "data.root={tmp}/images"],
                       "{tmp}/images/b/broken.png: cannot read this image"),
-    "unknown dataset": (["pretrain", "data.name=imagenet42"], "valid names: cifar10, cifar100, cifar10_subset, digits"),
+    "unknown dataset": (["pretrain", "data.name=imagenet42"], "valid names: cifar10, cifar100, cifar10_subset, colored_mnist, digits"),
     "unknown method": (["pretrain", "method.name=dino9"], "simclr"),
     "batch size 1": (["pretrain", "train.batch_size=1"], "train.batch_size=1 is out of range; it must be >= 2"),
     "non-integer epochs": (["pretrain", "train.epochs=abc"], "train.epochs"),

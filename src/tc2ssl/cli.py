@@ -3,6 +3,11 @@
     tc2ssl pretrain [-p PRESET ...] [key=value ...]     pretrain, evaluate, write report.md
     tc2ssl compare [-p PRESET ...] [--plugins none,tasks,tc2] [key=value ...]
                                                         the same run per plug-in, one report side by side
+    tc2ssl figure1 [--plugins tasks,tc2] [--seeds 0,1,2] [key=value ...]
+                                                        Figure 1: inter-task gradient cosine per epoch
+    tc2ssl benchmark SUITE [--preset smoke|cpu|paper] [--plugins none,tasks,tc2] [--seeds 0,1,2] [key=value ...]
+                                                        transfer / OOD suites: pacs, colored_mnist, digits_transfer,
+                                                        cifar10_subset (results.md: mean ± std, paired CIs)
     tc2ssl evaluate RUN_DIR [eval.data=NAME ...]         linear probe + kNN of a trained encoder on any labelled data
     tc2ssl config [-p PRESET ...] [key=value ...]       print the resolved config
     tc2ssl list                                         data sources, backbones, methods, plug-ins, presets
@@ -32,6 +37,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--preset", action="append", default=[])
     p.add_argument("--plugins", default="none,tc2", help="comma-separated plug-in names (default: none,tc2)")
     p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("figure1", help="inter-task gradient cosine per epoch for several seeds (paper Fig. 1)")
+    p.add_argument("-p", "--preset", action="append", default=[])
+    p.add_argument("--plugins", default="tasks,tc2")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("benchmark", help="a transfer / OOD suite: every plug-in over seeds, paired differences")
+    p.add_argument("suite", help="pacs, colored_mnist, digits_transfer or cifar10_subset (give --preset, --plugins "
+                   "and --seeds before SUITE or after the key=value overrides)")
+    p.add_argument("--preset", default="cpu", help="scale: smoke, cpu (default) or paper")
+    p.add_argument("--plugins", default="none,tasks,tc2")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides and suite.KEY=VALUE suite options")
     p = sub.add_parser("evaluate", help="evaluate a run's encoder (linear probe + kNN)")
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.data=usps")
@@ -88,6 +105,28 @@ def _dispatch(args) -> int:
         rows = run_compare(cfg, plugins)
         print(json.dumps({k: {"linear_probe": v["linear_probe"]["accuracy"], "knn": v["knn"]["accuracy"]}
                           for k, v in rows.items()}, indent=2))
+        return 0
+    if args.command == "figure1":
+        from tc2ssl.diagnostics.figure1 import run_figure1
+
+        cfg = config_mod.load_config(args.preset, args.overrides)
+        plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
+        for name in plugins:
+            config_mod.load_config(args.preset, [*args.overrides, f"plugin.name={name}"])  # validate before work
+        try:
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        except ValueError:
+            raise config_mod.ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+        result = run_figure1(cfg, plugins, seeds)
+        print(json.dumps(result["r1"], indent=2))
+        return 0
+    if args.command == "benchmark":
+        from tc2ssl.benchmarks import parse_seeds, run_benchmark
+
+        seeds = None if args.seeds is None else parse_seeds(args.seeds)
+        result = run_benchmark(args.suite, args.preset, args.plugins.split(","), seeds, args.overrides)
+        print(json.dumps({row: {m: s["mean"] for m, s in by_metric.items()}
+                          for row, by_metric in result["summary"].items()}, indent=2))
         return 0
     if args.command == "evaluate":
         from tc2ssl.workflows import run_evaluate

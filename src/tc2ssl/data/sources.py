@@ -114,7 +114,7 @@ def load_data(cfg) -> DataSplits:
 
 
 # Sources in their own files register on import.
-for _module in ("tc2ssl.data.npz", "tc2ssl.data.folder", "tc2ssl.data.torchvision_sets"):
+for _module in ("tc2ssl.data.npz", "tc2ssl.data.folder", "tc2ssl.data.torchvision_sets", "tc2ssl.data.colored_mnist"):
     try:
         importlib.import_module(_module)
     except ModuleNotFoundError as _exc:  # pragma: no cover - a file not written yet

@@ -9,5 +9,6 @@ from tc2ssl.methods import simsiam  # noqa: F401,E402
 from tc2ssl.methods import barlow_twins  # noqa: F401,E402
 from tc2ssl.methods import swav  # noqa: F401,E402
 from tc2ssl.methods import vicreg  # noqa: F401,E402
+from tc2ssl.methods import mae  # noqa: F401,E402
 
 __all__ = ["METHODS", "SSLMethod", "build_method"]

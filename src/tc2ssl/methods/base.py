@@ -68,6 +68,8 @@ class SSLMethod(nn.Module):
     cosine_based: bool = True
     #: the smallest support set the support loss accepts (2 for pair losses, 1 for MAE)
     min_support_views: int = 2
+    #: generative (masked-reconstruction) methods build TC² tasks from masks: see ``task_views`` (SPEC §3.2 G-SSL)
+    generative: bool = False
 
     def __init__(self, backbone: Backbone, cfg):
         super().__init__()

@@ -15,6 +15,14 @@ Per batch (SPEC §3.10):
 
 ``plugin.name=tasks`` ("+T", Fig. 1) is the same with calibration off: stage 1 is skipped and cal = identity.
 Every [CHOICE] of the spec is a ``plugin.*`` config key; see docs/tc2.md for the equation-to-code map.
+
+Generative methods (a method with ``generative = True``, e.g. MAE; SPEC §3.2 G-SSL): each image gets ONE augmented
+view and ``method.task_views`` turns it into m masked views (m random patch masks); the support of a task holds m'
+masked views plus the unmasked image (the reconstruction target, carried by the views), the query the other m − m'
+masked views. The views are then whatever object the method returns (indexable like [N, m, ...]); the loss hooks
+receive them in ``LossContext.views``, in stage 1 as well. Their calibration point is per token (``embed`` ->
+[B, T, d]): f_w calibrates token rows, S and L_v use a random subsample of at most 4096 token rows (seeded by the
+step seed, SPEC §3.5.3) and L_w the support (resp. query) token rows.
 """
 from __future__ import annotations
 
@@ -36,6 +44,11 @@ from tc2ssl.tc2.losses import loss_v, loss_w, proto_mse_loss
 from tc2ssl.tc2.stats import batch_statistics
 from tc2ssl.tc2.weight_net import WeightNet
 
+#: S and L_v of token-level representations use at most this many token rows (SPEC §3.5.3)
+MAX_STATISTIC_TOKENS = 4096
+#: stream constants that derive the task split, the masks and the token subsample from the step seed
+_TASK_STREAM, _MASK_STREAM, _TOKEN_STREAM = 0x7A5C, 0x3D1F, 0x51E7
+
 
 class TaskPlugin(Plugin):
     """K tasks per batch with the two-stage bi-level update; calibration on (TC²) or off (+T)."""
@@ -50,6 +63,10 @@ class TaskPlugin(Plugin):
             raise ConfigError(f"plugin.n_support_views={p.n_support_views} is too small for {method.name}: its "
                               f"support loss needs at least {method.min_support_views} views per image")
         self.use_calibration = self.with_calibration and p.calibration
+        self.generative = method.generative
+        if self.generative and p.query_loss == "proto_mse":
+            raise ConfigError(f"plugin.query_loss=proto_mse compares embeddings with embedding anchors; "
+                              f"{method.name}'s anchors are images: use plugin.query_loss=default or native")
         # Table-12 "no bi-level", and "+T" in its joint multi-task reading (AMB-TC-27 b)
         self.bilevel = p.bilevel and not (not self.with_calibration and p.plus_t_mode == "joint")
         self.input_norm = p.input_norm if p.input_norm != "auto" else ("l2" if method.cosine_based else "rms")
@@ -111,11 +128,14 @@ class TaskPlugin(Plugin):
         """ẑ = f_w(z) Vᵀ: the calibrated representation (paper's answer to question (iii))."""
         return self.weights(z, basis, phi) @ basis.T
 
-    def loss_tc2(self, zf: torch.Tensor, basis: torch.Tensor, rows: torch.Tensor, phi: dict | None) -> tuple:
-        """L_tc² = L_v + λ_s·L_w (Eq. 3), with L_v on all rows (Eq. 1) and L_w on ``rows`` (Eq. 2)."""
+    def loss_tc2(self, zf: torch.Tensor, basis: torch.Tensor, rows: torch.Tensor, phi: dict | None,
+                 lv_rows: torch.Tensor | None = None) -> tuple:
+        """L_tc² = L_v + λ_s·L_w (Eq. 3), with L_v on all rows (Eq. 1), or on ``lv_rows`` when given (token
+        subsample), and L_w on ``rows`` (Eq. 2)."""
         p = self.cfg
         zero = zf.new_zeros(())
-        lv = loss_v(basis, zf, reduction=p.reduction) if p.use_loss_v else zero
+        z_lv = zf if lv_rows is None else zf[lv_rows]
+        lv = loss_v(basis, z_lv, reduction=p.reduction) if p.use_loss_v else zero
         lw = zero
         if p.use_loss_w:
             basis_w = basis.detach() if p.detach_v_in_lw else basis  # "V is a pre-given matrix" (AMB-TC-05)
@@ -128,7 +148,7 @@ class TaskPlugin(Plugin):
         """L_sse^q of one task: query embeddings against anchors built from the same task's support views."""
         mode = self.cfg.query_loss
         if mode == "native":
-            both = None if support_views is None else torch.cat([support_views, query_views], dim=1)
+            both = None if support_views is None else _join_views(support_views, query_views)
             return self.method.native_query_loss(z_query, z_support,
                                                  LossContext(params=params, views=both, calibrate=cal))
         anchors = self.method.anchors(z_support, LossContext(params=params, views=support_views, calibrate=cal))
@@ -142,42 +162,56 @@ class TaskPlugin(Plugin):
         return total / len(values) if self.cfg.task_reduction == "mean" else total
 
     # ------------------------------------------------------------------ stage 1 (Eqs. 4-5)
-    def stage1(self, z_all: torch.Tensor, split: TaskSplit, views: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def stage1(self, z_all: torch.Tensor, split: TaskSplit, views, seed: int = 0) -> tuple[torch.Tensor, dict]:
         """Update f_v, f_w with the encoder fixed; return V* = f_v(S) (detached) for stage 2 and metrics.
 
-        z_all: [N, m, d] detached representations at θ (already prepped).
+        z_all: [N, m, d] detached representations at θ (already prepped), or [N, m, T, d] token latents of a
+        generative method, whose S and L_v use at most ``MAX_STATISTIC_TOKENS`` token rows drawn with ``seed``.
+        views: the step's views; the loss hooks of generative methods get each task's views in ``ctx.views``.
         """
         p = self.cfg
-        n_img, m, d = z_all.shape
-        zf = z_all.reshape(n_img * m, d)
-        stats = batch_statistics(zf)
-        rows = torch.arange(n_img * m, device=zf.device).view(n_img, m)
-        support_rows = rows.gather(1, split.support_idx.to(zf.device)).reshape(-1)
-        query_rows = rows.gather(1, split.query_idx.to(zf.device)).reshape(-1)
+        n_img, m, d = z_all.shape[0], z_all.shape[1], z_all.shape[-1]
+        zf = z_all.reshape(-1, d)                                                   # [N·m(·T), d]
+        stat_rows = None
+        if z_all.dim() == 4 and zf.shape[0] > MAX_STATISTIC_TOKENS:                 # token rows: subsample
+            generator = torch.Generator().manual_seed(seed ^ _TOKEN_STREAM)
+            stat_rows = torch.randperm(zf.shape[0], generator=generator)[:MAX_STATISTIC_TOKENS].to(zf.device)
+        z_stats = zf if stat_rows is None else zf[stat_rows]
+        stats = batch_statistics(z_stats)
+        rows = torch.arange(zf.shape[0], device=zf.device).view(n_img, m, -1)      # [N, m, rows per view]
+        images = torch.arange(n_img, device=zf.device)[:, None]
+        support_rows = rows[images, split.support_idx.to(zf.device)].reshape(-1)
+        query_rows = rows[images, split.query_idx.to(zf.device)].reshape(-1)
         if p.lw_rows == "all":
             support_rows = query_rows = rows.reshape(-1)
         groups = split.groups.to(zf.device)
         s_idx, q_idx = split.support_idx.to(zf.device), split.query_idx.to(zf.device)
+        task_views = views if self.generative else None   # masks and targets of the views for generative losses
 
         def task_losses(phi, which: str) -> torch.Tensor:
             basis = self.factors(stats, phi)
             losses = []
             for k in range(split.n_tasks):
                 members = groups[k]
-                zs = z_all[members[:, None], s_idx[members]]                        # [n, m', d]
+                zs = z_all[members[:, None], s_idx[members]]                        # [n, m', (T,) d]
                 zs_hat = self.calibrated(zs.reshape(-1, d), basis, phi).view(zs.shape)
-                ctx = LossContext(views=None, calibrate=lambda z, b=basis, f=phi: self.calibrated(self.prep(z), b, f))
+                xs = None if task_views is None else split.support_views(task_views, k)
+                ctx = LossContext(views=xs, calibrate=lambda z, b=basis, f=phi: self.calibrated(self.prep(z), b, f))
                 if which == "support" or not self.bilevel:
                     if not self.bilevel:  # joint variant: the SSL loss over all views of the task
                         zs = z_all[members]
                         zs_hat = self.calibrated(zs.reshape(-1, d), basis, phi).view(zs.shape)
+                        ctx = LossContext(views=None if task_views is None else task_views[members],
+                                          calibrate=ctx.calibrate)
                     losses.append(self.method.support_loss(zs_hat, ctx))
                 else:
-                    zq = z_all[members[:, None], q_idx[members]]                    # [n, m-m', d]
+                    zq = z_all[members[:, None], q_idx[members]]                    # [n, m-m', (T,) d]
                     zq_hat = self.calibrated(zq.reshape(-1, d), basis, phi).view(zq.shape)
-                    losses.append(self._query_loss(zq_hat, zs_hat, None, None, None, ctx.calibrate))
+                    xq = None if task_views is None else split.query_views(task_views, k)
+                    losses.append(self._query_loss(zq_hat, zs_hat, None, xs, xq, ctx.calibrate))
             ssl = torch.stack(losses).mean()                                        # (1/K)Σ_k in Eqs. 4-5
-            tc2, lv, lw = self.loss_tc2(zf, basis, support_rows if which == "support" else query_rows, phi)
+            tc2, lv, lw = self.loss_tc2(zf, basis, support_rows if which == "support" else query_rows, phi,
+                                        lv_rows=stat_rows)
             return ssl + tc2, (ssl.detach(), lv.detach(), lw.detach())
 
         phi = self.calibrator_parameters()
@@ -216,7 +250,7 @@ class TaskPlugin(Plugin):
             self._write_calibrator(new)
         with torch.no_grad():
             basis = self.factor_net(stats).detach()                                 # V* for stage 2 (AMB-TC-17)
-        return basis, metrics, zf, stats
+        return basis, metrics, z_stats, stats
 
     def _clip(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Scale a stage-1 gradient to global norm <= plugin.stage1_grad_clip (0 = off, the literal update)."""
@@ -260,9 +294,10 @@ class TaskPlugin(Plugin):
             def cal(z):
                 return z
 
-        def embed_views(params, x):                                                 # x [n, v, C, H, W] -> ẑ [n, v, d]
+        def embed_views(params, x):                            # x [n, v, ...] -> ẑ [n, v, d] (or [n, v, T, d])
             n, v = x.shape[:2]
-            return cal(method.embed(x.flatten(0, 1), params)).view(n, v, d)
+            z = method.embed(x.flatten(0, 1), params)
+            return cal(z.reshape(-1, d)).view(n, v, *z.shape[1:])
 
         meta_grads: dict | None = None
         task_support_grads = []
@@ -328,18 +363,19 @@ class TaskPlugin(Plugin):
             warnings.warn(f"batch size {images.shape[0]} is not divisible by plugin.n_tasks={p.n_tasks}: dropping "
                           f"the last {rest} image(s) of the batch", stacklevel=2)
             images = images[: images.shape[0] - rest]
-        views = self.view_maker(images, p.n_views, info.seed)                       # [N, m, C, H, W]
-        task_gen = torch.Generator().manual_seed(info.seed ^ 0x7A5C)
+        views = self.make_views(images, info.seed)                                  # [N, m, ...]
+        task_gen = torch.Generator().manual_seed(info.seed ^ _TASK_STREAM)
         split = build_tasks(images.shape[0], p.n_tasks, p.n_views, p.n_support_views, task_gen,
                             remainder=p.remainder, min_support=self.method.min_support_views)
         metrics: dict[str, torch.Tensor] = {}
         basis = None
         if self.use_calibration:
             with torch.no_grad():                                                   # stage-1 statistics at θ
-                z = self.method.embed(views.flatten(0, 1)).view(views.shape[0], p.n_views, -1)
+                z = self.method.embed(views.flatten(0, 1))
+                z = z.view(images.shape[0], p.n_views, *z.shape[1:])
                 self.set_scale(z)
                 z = self.prep(z)
-            basis, stage1_metrics, zf, stats = self.stage1(z, split, views)
+            basis, stage1_metrics, zf, stats = self.stage1(z, split, views, seed=info.seed)
             metrics.update(stage1_metrics)
             if info.step % p.health_every == 0:
                 self.last_health = self._health(basis, zf, split)
@@ -347,6 +383,14 @@ class TaskPlugin(Plugin):
         metrics.update(self.stage2(views, split, basis, info))
         metrics["loss"] = metrics["tc2/stage2_sse_query"]
         return metrics
+
+    def make_views(self, images: torch.Tensor, seed: int):
+        """The m views per image of one step: m augmented views [N, m, C, H, W], or, for a generative method, one
+        augmented view per image turned into m masked views by ``method.task_views`` (SPEC §3.2 G-SSL)."""
+        if not self.generative:
+            return self.view_maker(images, self.n_views, seed)
+        one_view = self.view_maker(images, 1, seed)[:, 0]
+        return self.method.task_views(one_view, self.n_views, torch.Generator().manual_seed(seed ^ _MASK_STREAM))
 
     def _health(self, basis, zf, split) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -385,6 +429,13 @@ class TaskPlugin(Plugin):
     def load_extra_state(self, state: dict) -> None:
         if "stage1_optimizer" in state and getattr(self, "stage1_optimizer", None) is not None:
             self.stage1_optimizer.load_state_dict(state["stage1_optimizer"])
+
+
+def _join_views(support_views, query_views):
+    """A task's support and query views side by side on the view axis: tensors, or a method's view objects."""
+    if isinstance(support_views, torch.Tensor):
+        return torch.cat([support_views, query_views], dim=1)
+    return support_views.cat(query_views, dim=1)
 
 
 def _accumulate(total: dict | None, grads: dict) -> dict:

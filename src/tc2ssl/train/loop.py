@@ -17,7 +17,7 @@ import torch
 
 from tc2ssl import config as config_mod
 from tc2ssl.data import load_data
-from tc2ssl.data.augment import ViewMaker, auto_preset, step_seed
+from tc2ssl.data.augment import ViewMaker, auto_preset, seeded, step_seed
 from tc2ssl.data.base import DataSplits
 from tc2ssl.errors import CheckpointError, ConfigError, TrainingError
 from tc2ssl.methods import build_method
@@ -185,7 +185,9 @@ def pretrain(cfg: config_mod.RunConfig, data: DataSplits | None = None) -> Path:
             images = train_images[order[b * batch:(b + 1) * batch]].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             info = StepInfo(epoch=epoch, step=global_step, seed=step_seed(cfg.seed, epoch, b))
-            with run.fabric.autocast():
+            # anything that draws from the global RNG inside a step (dropout, MAE's baseline masks) is seeded by
+            # the step too, so a resumed run replays it exactly
+            with seeded(step_seed(cfg.seed, epoch, b, stream=3), device), run.fabric.autocast():
                 metrics = plugin.training_step(images, info)
             loss = metrics["loss"]
             if not torch.isfinite(loss):

@@ -1,0 +1,106 @@
+"""Scale presets of ``tc2ssl benchmark``: ``smoke`` (seconds, for tests), ``cpu`` (about 30 minutes per suite on
+2 cores) and ``paper`` (a GPU).
+
+A preset is a list of ``key=value`` config overrides (for every suite, then per suite), the default seeds and
+the defaults of the suite options (``suite.KEY=VALUE`` on the command line):
+
+* ``max_test``: evaluate on at most this many test images per test set (a fixed seed-0 subset, the same for
+  every run; 0 = all);
+* ``k_values``: the K of the ``cifar10_subset`` K ablation (Table 13);
+* ``rho``: P(colour = class) in the ``colored_mnist`` training split.
+
+The user's ``key=value`` overrides and ``--seeds`` come after the preset and win.
+
+Budget of ``cpu``: about 30 minutes per suite for 3 seeds × 3 plug-ins on this 2-core machine while it is
+shared (measured at a load average of about 6, small_cnn_tiny, batch 256, train.threads=2; an idle machine is
+roughly 2-3× faster). Seconds per training step, none / +T / TC²: MNIST 28 px grey 1.1 / 1.6 / 2.3 and RGB about
+the same (mean 1.7); CIFAR 32 px 1.4 / 2.1 / 2.8 (TC² at K = 2, 8, 16: 2.3, 3.0, 3.6); PACS 32 px 2.0 / 2.1 / 2.8
+(mean 2.25). Evaluation per run with eval.max_train=5000 (features + probes, one BLAS thread): colored_mnist 5 s,
+pacs 25 s, digits_transfer 10 s (two probes), cifar10_subset 4 s; about 3 s of set-up per pretraining:
+
+::
+
+    colored_mnist:   7,168 images = 28 steps/epoch × 4 epochs = 112 steps;
+                     9 × (112 × 1.7 + 8) s ≈ 1,790 s ≈ 30 min
+    digits_transfer: 4,096 images = 16 steps/epoch × 3 epochs = 48 steps; 18 pretrainings × 48 × 1.7 s + 9 × 10 s
+                     + 18 × 3 s ≈ 1,610 s ≈ 27 min
+    cifar10_subset:  4,660 images = 18 steps/epoch × 2 epochs = 36 steps; per seed and step the 6 rows (none, +T,
+                     TC² K=4, K=2, K=8, K=16) cost ≈ 15.1 s: 3 × 36 × 15.1 + 18 × 7 s ≈ 1,760 s ≈ 29 min
+    pacs:            6,144 of the 7,137 photo+sketch+cartoon train images = 24 steps/epoch × 3 epochs = 72 steps;
+                     9 × (72 × 2.25 + 28) s + 5 s decoding ≈ 1,720 s ≈ 29 min
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tc2ssl.data.colored_mnist import COLORED_MNIST_RHO
+from tc2ssl.errors import ConfigError
+
+SUITE_OPTION_DEFAULTS: dict[str, Any] = {"max_test": 0, "k_values": [2, 4, 8, 16], "rho": COLORED_MNIST_RHO}
+
+
+@dataclass(frozen=True)
+class BenchmarkPreset:
+    """Config overrides for every suite (``overrides``) and per suite (``suite_overrides``), default seeds and
+    suite-option defaults (``options``, on top of :data:`SUITE_OPTION_DEFAULTS`)."""
+
+    name: str
+    description: str
+    seeds: tuple[int, ...]
+    overrides: tuple[str, ...]
+    suite_overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def overrides_for(self, suite: str) -> list[str]:
+        return [*self.overrides, *self.suite_overrides.get(suite, ())]
+
+    def options_for(self) -> dict[str, Any]:
+        return {**SUITE_OPTION_DEFAULTS, **self.options}
+
+
+SMOKE = BenchmarkPreset(
+    name="smoke",
+    description="seconds per suite: the pipeline end to end, not a measurement (tests run it for every suite)",
+    seeds=(0,),
+    overrides=("model.backbone=small_cnn_tiny", "train.epochs=1", "train.batch_size=32", "data.max_train=128",
+               "train.progress=false", "eval.max_train=200", "eval.probe_cs=[1.0]", "eval.probe_max_iter=100"),
+    suite_overrides={"pacs": ("data.resolution=16",)},
+    options={"max_test": 300, "k_values": [2, 8]},
+)
+
+CPU = BenchmarkPreset(
+    name="cpu",
+    description="about 30 minutes per suite on 2 shared CPU cores: 3 seeds × 3 plug-ins, small_cnn_tiny",
+    seeds=(0, 1, 2),
+    overrides=("model.backbone=small_cnn_tiny", "train.batch_size=256", "train.threads=2", "train.progress=false",
+               "train.log_every=10", "eval.max_train=5000"),
+    suite_overrides={
+        "pacs": ("data.resolution=32", "data.max_train=6144", "train.epochs=3"),
+        "colored_mnist": ("data.max_train=7168", "train.epochs=4"),
+        "digits_transfer": ("data.max_train=4096", "train.epochs=3"),
+        "cifar10_subset": ("train.epochs=2",),
+    },
+)
+
+PAPER = BenchmarkPreset(
+    name="paper",
+    description="GPU scale: ResNet-18 (digits, CIFAR) / ResNet-50 (PACS) at full resolution, all data, 3 seeds",
+    seeds=(0, 1, 2),
+    overrides=("train.accelerator=gpu", "train.batch_size=256", "train.log_every=50", "train.progress=false",
+               "method.proj_hidden_dim=2048", "method.proj_output_dim=128", "eval.batch_size=1024"),
+    suite_overrides={
+        "pacs": ("model.backbone=resnet50", "model.cifar_stem=false", "data.resolution=96", "train.epochs=100"),
+        "colored_mnist": ("model.backbone=resnet18", "train.epochs=100"),
+        "digits_transfer": ("model.backbone=resnet18", "train.epochs=100"),
+        "cifar10_subset": ("model.backbone=resnet18", "train.epochs=200"),
+    },
+)
+
+PRESETS: dict[str, BenchmarkPreset] = {p.name: p for p in (SMOKE, CPU, PAPER)}
+
+
+def get_preset(name: str) -> BenchmarkPreset:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown benchmark preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,580 @@
+"""The benchmark suites of ``tc2ssl benchmark SUITE`` (SPEC §9.1 D1–D4; checks R4, R5, R5b, R6).
+
+Usage: ``tc2ssl benchmark [--preset smoke|cpu|paper] [--plugins none,tasks,tc2] [--seeds 0,1,2] SUITE
+[key=value ...] [suite.KEY=VALUE ...]`` (argparse takes the options before SUITE or after the overrides, not
+between them). ``key=value`` goes to the base config of every run (e.g. ``method.name=byol``); ``suite.KEY=VALUE``
+sets a suite option (see :mod:`tc2ssl.benchmarks.presets`).
+
+A suite pretrains one encoder per (row, seed) — a row is a plug-in, or for ``cifar10_subset`` also a TC² variant
+of the K ablation — and evaluates the frozen encoder with linear probes on real data. Every row runs with the same
+seeds, so rows are compared through per-seed (paired) differences against the baseline ``none``.
+
+Outputs under ``out`` (default ``runs/benchmark/<suite>``):
+
+- ``<row>_seed<seed>/``: the run folder(s) of each pretraining (``config.yaml``, ``metrics.jsonl``,
+  ``checkpoint.pt``, ``encoder.safetensors``) and ``benchmark.json`` (the run's metrics and full evaluation);
+- ``results.json``: config, rows, seeds, per-run metrics, mean ± std per row and metric, paired differences
+  against ``none`` with 95% t-intervals, the per-epoch inter-task gradient cosines, their Spearman correlation
+  with the suite's primary metric (R3's question, over all runs) and, for ``cifar10_subset``, the K ablation;
+- ``results.md``: the same as tables; ``metrics.png`` (bars per row), ``conflict.png`` (Figure 1 curves) and,
+  for ``cifar10_subset``, ``k_curve.png``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from tc2ssl import config as config_mod
+from tc2ssl.benchmarks.presets import SUITE_OPTION_DEFAULTS, BenchmarkPreset, get_preset
+from tc2ssl.benchmarks.stats import paired_difference, spearman, summarize
+from tc2ssl.data import load_data
+from tc2ssl.data.base import DataSplits, ImageSet
+from tc2ssl.data.colored_mnist import COLOUR_NAMES, GROUP_NAMES, colored_mnist_splits, load_grey_mnist
+from tc2ssl.data.folder import PACS_DOMAINS
+from tc2ssl.errors import ConfigError
+from tc2ssl.registry import Registry
+from tc2ssl.train.checkpoint import atomic_write_text
+
+BASELINE = "none"
+CONFIDENCE = 0.95
+TEST_SUBSET_SEED = 0
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a benchmark table: a plug-in with optional extra config overrides (a K-ablation variant)."""
+
+    label: str
+    plugin: str
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def folder(self) -> str:
+        return self.label.replace(" ", "_").replace("=", "")
+
+
+@dataclass
+class RunOutcome:
+    """What a suite returns for one (row, seed): metrics in [0, 1], the full evaluation, the pretraining folders."""
+
+    metrics: dict[str, float]
+    details: dict
+    run_dirs: list[Path]
+
+
+@dataclass
+class SuiteContext:
+    """What every run of a suite shares: the suite options, the evaluation device and a cache of loaded data."""
+
+    options: dict[str, Any]
+    device: torch.device
+    cache: dict = field(default_factory=dict)
+
+    def cached(self, key: tuple, factory: Callable[[], Any]) -> Any:
+        if key not in self.cache:
+            self.cache[key] = factory()
+        return self.cache[key]
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    title: str
+    metrics: tuple[str, ...]
+    primary: str
+    overrides: tuple[str, ...]
+    run: Callable[[config_mod.RunConfig, SuiteContext], RunOutcome]
+    options: tuple[str, ...] = ("max_test",)
+    extra_rows: Callable[[config_mod.RunConfig, list[str], dict], list[Row]] | None = None
+    report: Callable[[dict, config_mod.RunConfig, Path], tuple[str, dict, list[Path]]] | None = None
+
+    @property
+    def protocol(self) -> str:
+        """The suite function's docstring: the protocol, as shown in results.md."""
+        return " ".join((self.run.__doc__ or "").split())
+
+
+SUITES: Registry[Suite] = Registry("benchmark suite", "tc2ssl benchmark SUITE")
+
+
+def register_suite(name: str, title: str, metrics: tuple[str, ...], primary: str, overrides: tuple[str, ...],
+                   options: tuple[str, ...] = (), extra_rows=None, report=None):
+    """Register the decorated per-run function as suite ``name`` (its docstring is the suite's protocol)."""
+    def decorator(run: Callable[[config_mod.RunConfig, SuiteContext], RunOutcome]):
+        SUITES.register(name)(Suite(name, title, metrics, primary, overrides, run, ("max_test", *options),
+                                    extra_rows, report))
+        return run
+
+    return decorator
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def random_subset(images: ImageSet, max_images: int, seed: int) -> ImageSet:
+    """At most ``max_images`` images (0 = all), drawn as :func:`tc2ssl.data.load_data` (seed 0) and
+    :func:`tc2ssl.eval.evaluate.evaluate_backbone` (the run's seed) draw theirs: a seeded permutation's first
+    ``max_images``, in their original order."""
+    if max_images <= 0 or len(images) <= max_images:
+        return images
+    generator = torch.Generator().manual_seed(seed)
+    return images.subset(torch.randperm(len(images), generator=generator)[:max_images].sort().values)
+
+
+def capped(images: ImageSet, max_images: int) -> ImageSet:
+    """A test set cut to ``max_images`` (suite.max_test): a fixed seed-0 subset, the same for every run."""
+    return random_subset(images, max_images, TEST_SUBSET_SEED)
+
+
+def eval_device(cfg: config_mod.RunConfig) -> torch.device:
+    wants_gpu = cfg.train.accelerator in ("gpu", "cuda", "auto")
+    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+
+def single_threaded_blas():
+    """Probes run with one BLAS thread: scikit-learn's L-BFGS on a few thousand features is memory-bound, and on a
+    busy machine OpenBLAS threads spinning on each other made one fit up to 100× slower (6 s instead of 0.05 s)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def pretrain_backbone(cfg: config_mod.RunConfig, data: DataSplits):
+    """Pretrain ``cfg`` on ``data``; return the exported (frozen) backbone and the run folder."""
+    from tc2ssl.train.loop import pretrain
+    from tc2ssl.workflows import load_backbone
+
+    run_dir = pretrain(cfg, data)
+    backbone, _ = load_backbone(run_dir)
+    return backbone, run_dir
+
+
+# ---------------------------------------------------------------------------------------------------- D1 PACS
+def select_c_on_validation(train_x, train_y, val_x, val_y, test_x, test_y, cs, max_iter: int) -> dict:
+    """DomainBed's "training-domain validation" model selection for a linear probe: for every C fit on the
+    training domains' train splits, keep the fit with the best accuracy on their crossval splits (ties: the
+    larger C), report its test accuracy. The fit is the linear probe's own (standardised features, L-BFGS)."""
+    from tc2ssl.eval.linear_probe import _fit
+
+    train_x, val_x, test_x = (x.double().numpy() for x in (train_x, val_x, test_x))
+    train_y, val_y, test_y = (y.numpy() for y in (train_y, val_y, test_y))
+    val_accuracy, best = {}, None
+    for c in sorted({float(c) for c in cs}, reverse=True):
+        model = _fit(train_x, train_y, c, max_iter)
+        val_accuracy[c] = float(model.score(val_x, val_y))
+        if best is None or val_accuracy[c] > val_accuracy[best[0]]:
+            best = (c, model)
+    return {"accuracy": float(best[1].score(test_x, test_y)), "best_c": best[0], "val_accuracy": val_accuracy,
+            "n_train": int(len(train_y)), "n_val": int(len(val_y)), "n_test": int(len(test_y))}
+
+
+@register_suite(
+    "pacs", "PACS: per-domain and leave-one-domain-out linear probes (D1, Table 3)",
+    metrics=(*PACS_DOMAINS, "average", *(f"lodo_{d}" for d in PACS_DOMAINS), "lodo_average"), primary="average",
+    overrides=("data.name=pacs", "data.domains=[photo,sketch,cartoon]"))
+def pacs(cfg: config_mod.RunConfig, ctx: SuiteContext) -> RunOutcome:
+    """SSL without labels on the official train splits of data.domains (photo, sketch, cartoon; art_painting is
+    the unseen domain). Per domain: a linear probe trained on the domain's official train split (C chosen on a
+    held-out 20% of it), tested on its official crossval split. The official test list of a PACS domain is the
+    whole domain (train + crossval), so testing a probe trained on the train split there would score mostly
+    training images; crossval is the disjoint held-out part. The columns photo..sketch are these accuracies,
+    "average" their mean. Leave-one-domain-out (lodo_*): a probe trained on the train splits of the 3 other
+    domains, C selected on their crossval splits (DomainBed's training-domain validation), tested on the held-out
+    domain's official test split (the whole domain). eval.max_train caps each domain's train split, suite.max_test
+    each test set."""
+    from tc2ssl.eval.features import extract_features
+    from tc2ssl.eval.linear_probe import linear_probe
+
+    data = load_data(cfg.data)
+    backbone, run_dir = pretrain_backbone(cfg, data)
+    ev = cfg.eval
+    sets = {}
+    for domain in PACS_DOMAINS:
+        sets[f"{domain}_train"] = random_subset(data.extra[f"{domain}_train"], ev.max_train, cfg.seed)
+        sets[f"{domain}_crossval"] = capped(data.extra[f"{domain}_crossval"], ctx.options["max_test"])
+        sets[f"{domain}_test"] = capped(data.extra[f"{domain}_test"], ctx.options["max_test"])
+    features = {key: extract_features(backbone, s.images, ev.batch_size, ctx.device) for key, s in sets.items()}
+    labels = {key: s.labels for key, s in sets.items()}
+
+    details: dict[str, dict] = {}
+    for domain in PACS_DOMAINS:
+        train, test = f"{domain}_train", f"{domain}_crossval"
+        details[domain] = linear_probe(features[train], labels[train], features[test], labels[test], ev.probe_cs,
+                                       val_fraction=ev.val_fraction, max_iter=ev.probe_max_iter, seed=cfg.seed)
+        others = [d for d in PACS_DOMAINS if d != domain]
+        train_x, train_y, val_x, val_y = (torch.cat([table[f"{d}_{split}"] for d in others])
+                                          for split in ("train", "crossval") for table in (features, labels))
+        details[f"lodo_{domain}"] = select_c_on_validation(train_x, train_y, val_x, val_y, features[f"{domain}_test"],
+                                                           labels[f"{domain}_test"], ev.probe_cs, ev.probe_max_iter)
+    metrics = {name: details[name]["accuracy"] for name in details}
+    metrics["average"] = statistics.fmean(metrics[d] for d in PACS_DOMAINS)
+    metrics["lodo_average"] = statistics.fmean(metrics[f"lodo_{d}"] for d in PACS_DOMAINS)
+    return RunOutcome(metrics, details, [run_dir])
+
+
+# ---------------------------------------------------------------------------------------------------- D2 ColoredMNIST
+def colored_training_data(data_cfg: config_mod.DataConfig, rho: float) -> DataSplits:
+    """Colored MNIST at ρ = ``rho`` with data.max_train applied as :func:`tc2ssl.data.load_data` does (a seed-0
+    random subset of the coloured training split), so the suite sees what ``data.name=colored_mnist`` gives."""
+    splits = colored_mnist_splits(load_grey_mnist(data_cfg), rho)
+    splits.train = random_subset(splits.train, data_cfg.max_train, seed=0)
+    return splits
+
+
+@register_suite(
+    "colored_mnist", "Colored MNIST: average and worst-group accuracy under a colour shortcut (D2, Table 4)",
+    metrics=("average", "worst_group", "aligned", "conflicting"), primary="average",
+    overrides=("data.name=colored_mnist",), options=("rho",))
+def colored_mnist(cfg: config_mod.RunConfig, ctx: SuiteContext) -> RunOutcome:
+    """SSL without labels on the coloured MNIST training split, where digit c has colour c with probability
+    suite.rho (Gat et al. 2020; Nam et al. 2020). A linear probe is trained on that biased split (eval.max_train
+    images) and tested on the test split with uniformly random colours. "average": the probe's test accuracy;
+    "worst_group": its lowest accuracy over the 100 (digit, colour) groups; "aligned" / "conflicting": its mean
+    accuracy over the 10 groups whose colour is the digit's own / over the 90 others."""
+    from tc2ssl.eval.evaluate import evaluate_backbone
+
+    rho = float(ctx.options["rho"])
+    data = ctx.cached(("colored_mnist", repr(cfg.data), rho), lambda: colored_training_data(cfg.data, rho))
+    backbone, run_dir = pretrain_backbone(cfg, data)
+    results = evaluate_backbone(backbone, data.train, capped(data.test, ctx.options["max_test"]), cfg.eval,
+                                device=ctx.device, seed=cfg.seed)
+    aligned_names = {GROUP_NAMES[10 * c + c] for c in range(len(COLOUR_NAMES))}
+    groups = results["groups"]
+    metrics = {
+        "average": results["linear_probe"]["accuracy"],
+        "worst_group": results["worst_group"],
+        "aligned": statistics.fmean(v for k, v in groups.items() if k in aligned_names),
+        "conflicting": statistics.fmean(v for k, v in groups.items() if k not in aligned_names),
+    }
+    return RunOutcome(metrics, {"rho": rho, **results}, [run_dir])
+
+
+# ---------------------------------------------------------------------------------------------------- D3 digits
+@register_suite(
+    "digits_transfer", "Digits transfer: MNIST -> USPS and MNIST -> MNIST-M (D3, R5b)",
+    metrics=("usps", "mnistm", "average"), primary="average", overrides=("data.name=mnist", "data.resolution=28"))
+def digits_transfer(cfg: config_mod.RunConfig, ctx: SuiteContext) -> RunOutcome:
+    """Two SSL runs without labels on the MNIST training split at 28 px: grey (folder mnist_grey) and replicated
+    to RGB with data.channels=3 (folder mnist_rgb). USPS: a linear probe on the grey encoder, trained on USPS's
+    train split and tested on its test split, both framed like MNIST (resized to 20×20 and zero-padded to 28×28).
+    MNIST-M: a linear probe on the RGB encoder, trained on the fixed 7,000-image train part of MNIST-M and tested
+    on its 2,001-image test part, at 28 px. "average" is the mean of the two accuracies."""
+    from tc2ssl.eval.evaluate import evaluate_backbone
+    from tc2ssl.workflows import load_eval_splits
+
+    details, run_dirs = {}, []
+    for target, channels in (("usps", 1), ("mnistm", 3)):
+        run_cfg = dataclasses.replace(cfg, out=str(Path(cfg.out) / ("mnist_grey" if channels == 1 else "mnist_rgb")),
+                                      data=dataclasses.replace(cfg.data, channels=channels))
+        data = ctx.cached(("mnist", repr(run_cfg.data)), lambda: load_data(run_cfg.data))
+        backbone, run_dir = pretrain_backbone(run_cfg, data)
+        splits = ctx.cached((target, channels), lambda: load_eval_splits(
+            run_cfg, channels, data.train.resolution, target, cfg.data.root))
+        results = evaluate_backbone(backbone, splits.train, capped(splits.test, ctx.options["max_test"]), cfg.eval,
+                                    device=ctx.device, seed=cfg.seed)
+        details[target] = results
+        run_dirs.append(run_dir)
+    metrics = {target: details[target]["linear_probe"]["accuracy"] for target in ("usps", "mnistm")}
+    metrics["average"] = statistics.fmean(metrics.values())
+    return RunOutcome(metrics, details, run_dirs)
+
+
+# ---------------------------------------------------------------------------------------------------- D4 CIFAR-10
+def k_ablation_rows(base: config_mod.RunConfig, plugins: list[str], options: dict) -> list[Row]:
+    """TC² at every K of suite.k_values other than the base plugin.n_tasks (that one is the ``tc2`` row)."""
+    if "tc2" not in plugins:
+        return []
+    return [Row(f"tc2 K={k}", "tc2", (f"plugin.n_tasks={k}",)) for k in options["k_values"]
+            if k != base.plugin.n_tasks]
+
+
+def k_ablation_report(result: dict, base: config_mod.RunConfig, out: Path) -> tuple[str, dict, list[Path]]:
+    """The K curve (Table 13, R6): linear-probe accuracy of TC² against K, with the baseline as a line."""
+    summary = result["summary"]
+    curve = {}
+    for label in summary:
+        if label == "tc2":
+            curve[base.plugin.n_tasks] = summary[label]["linear_probe"]
+        elif label.startswith("tc2 K="):
+            curve[int(label.split("=", 1)[1])] = summary[label]["linear_probe"]
+    if not curve:
+        return "k_ablation", {}, []
+    curve = dict(sorted(curve.items()))
+    references = {label: summary[label]["linear_probe"]["mean"] for label in ("none", "tasks") if label in summary}
+    png = plot_k_curve(curve, references, out / "k_curve.png",
+                       f"{base.method.name} + TC² on cifar10_subset: K ablation (batch {base.train.batch_size})")
+    return "k_ablation", {str(k): v for k, v in curve.items()}, [png]
+
+
+@register_suite(
+    "cifar10_subset", "CIFAR-10 subset: in-domain linear probe and the K ablation (D4, Table 13)",
+    metrics=("linear_probe", "knn"), primary="linear_probe", overrides=("data.name=cifar10_subset",),
+    options=("k_values",), extra_rows=k_ablation_rows, report=k_ablation_report)
+def cifar10_subset(cfg: config_mod.RunConfig, ctx: SuiteContext) -> RunOutcome:
+    """SSL without labels on the 4,660 training images of the genuine CIFAR-10 subset; a linear probe (C chosen
+    on a held-out 20%) and a weighted kNN (k = eval.knn_k) trained on them (eval.max_train images) and tested on
+    the 846 test images. With the tc2 plug-in, TC² also runs at every K of suite.k_values (rows "tc2 K=k"; the
+    tc2 row is K = plugin.n_tasks), all at the same batch size, for the K curve."""
+    from tc2ssl.eval.evaluate import evaluate_backbone
+
+    data = ctx.cached(("cifar10_subset", repr(cfg.data)), lambda: load_data(cfg.data))
+    backbone, run_dir = pretrain_backbone(cfg, data)
+    results = evaluate_backbone(backbone, data.train, capped(data.test, ctx.options["max_test"]), cfg.eval,
+                                device=ctx.device, seed=cfg.seed)
+    metrics = {"linear_probe": results["linear_probe"]["accuracy"], "knn": results["knn"]["accuracy"]}
+    return RunOutcome(metrics, results, [run_dir])
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2] (the --seeds argument)."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {text!r}") from None
+
+
+def suite_options(suite: Suite, preset: BenchmarkPreset, overrides: list[str]) -> tuple[dict, list[str]]:
+    """Split ``suite.KEY=VALUE`` options (validated against the suite's options) from the config overrides."""
+    options = {k: v for k, v in preset.options_for().items() if k in suite.options}
+    rest = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not key.startswith("suite."):
+            rest.append(item)
+            continue
+        name = key[len("suite."):]
+        if not sep or name not in suite.options:
+            raise ConfigError(f"bad suite option {item!r}: suite {suite.name!r} takes "
+                              f"{', '.join(f'suite.{o}=VALUE' for o in suite.options)}")
+        parsed = yaml.safe_load(value)
+        default = SUITE_OPTION_DEFAULTS[name]
+        if isinstance(default, list):
+            ok = isinstance(parsed, list) and parsed and all(isinstance(v, int) and v >= 1 for v in parsed)
+        elif isinstance(default, float):
+            ok = isinstance(parsed, (int, float)) and not isinstance(parsed, bool) and 0.0 <= parsed <= 1.0
+        else:
+            ok = isinstance(parsed, int) and not isinstance(parsed, bool) and parsed >= 0
+        if not ok:
+            raise ConfigError(f"bad suite option {item!r}: expected {type(default).__name__} like {default!r}")
+        options[name] = float(parsed) if isinstance(default, float) else parsed
+    return options, rest
+
+
+def read_conflict_series(run_dir: Path) -> list[float]:
+    """The per-epoch mean inter-task gradient cosine of a run (empty when the plug-in did not log it)."""
+    from tc2ssl.report import read_metrics
+
+    return [r["conflict/cos_mean"] for r in read_metrics(run_dir / "metrics.jsonl")
+            if r.get("kind") == "epoch" and "conflict/cos_mean" in r]
+
+
+def run_benchmark(suite_name: str, preset_name: str = "cpu",
+                  plugins: list[str] | tuple[str, ...] = ("none", "tasks", "tc2"), seeds: list[int] | None = None,
+                  overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Run ``suite_name`` at ``preset_name`` scale for every plug-in and seed; write results.json / results.md /
+    plots under ``out``. ``overrides``: ``key=value`` for the base config and ``suite.KEY=VALUE`` suite options.
+    Every run's config is built and validated before any work starts. Returns the content of results.json."""
+    suite = SUITES.get(suite_name)
+    preset = get_preset(preset_name)
+    options, cfg_overrides = suite_options(suite, preset, list(overrides))
+    fixed = [o for o in cfg_overrides if o.partition("=")[0].strip() == "data.name"]
+    if fixed:
+        raise ConfigError(f"{fixed[0]!r}: suite {suite.name!r} sets data.name itself")
+    plugins = list(dict.fromkeys(p.strip() for p in plugins if p.strip()))
+    seeds = list(dict.fromkeys(preset.seeds if seeds is None else seeds))
+    if not plugins or not seeds:
+        raise ConfigError("a benchmark needs at least one plug-in (--plugins) and one seed (--seeds)")
+    base_overrides = [f"out=runs/benchmark/{suite.name}", *preset.overrides_for(suite.name), *suite.overrides,
+                      *cfg_overrides]
+    base = config_mod.load_config((), base_overrides)
+    out = Path(base.out)
+    rows = [Row(p, p) for p in plugins] + (suite.extra_rows(base, plugins, options) if suite.extra_rows else [])
+    run_cfgs = {(row.label, seed): config_mod.load_config((), [
+        *base_overrides, f"plugin.name={row.plugin}", *row.overrides, f"seed={seed}",
+        f"out={out / f'{row.folder}_seed{seed}'}"]) for row in rows for seed in seeds}
+
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = SuiteContext(options, eval_device(base))
+    runs: dict[str, dict[str, dict]] = {row.label: {} for row in rows}
+    for seed in seeds:  # seed-major: an interrupted benchmark leaves complete pairs behind
+        for row in rows:
+            run_cfg = run_cfgs[(row.label, seed)]
+            print(f"benchmark {suite.name}: {row.label}, seed {seed} -> {run_cfg.out}", file=sys.stderr)
+            start = time.perf_counter()
+            with single_threaded_blas():  # numpy / scipy / scikit-learn only: torch does not use this OpenBLAS
+                outcome = suite.run(run_cfg, ctx)
+            record = {"metrics": outcome.metrics, "seconds": time.perf_counter() - start,
+                      "run_dirs": [str(p) for p in outcome.run_dirs],
+                      "conflict": {p.name: read_conflict_series(p) for p in outcome.run_dirs}}
+            atomic_write_text(Path(run_cfg.out) / "benchmark.json",
+                              json.dumps(_json_safe({**record, "details": outcome.details}), indent=2) + "\n")
+            runs[row.label][str(seed)] = record
+
+    result = summarize_runs(suite, preset, base, rows, seeds, options, runs)
+    plots = [plot_metric_bars(result["summary"], list(suite.metrics), out / "metrics.png",
+                              f"{suite.title} ({base.method.name}, preset {preset.name})")]
+    series = {f"{label} seed {seed}" + (f" ({name})" if len(rec["conflict"]) > 1 else ""): values
+              for label, by_seed in runs.items() for seed, rec in by_seed.items()
+              for name, values in rec["conflict"].items() if values}
+    if series:
+        from tc2ssl.diagnostics.figure1 import plot_figure1
+
+        plots.append(plot_figure1(series, out / "conflict.png",
+                                  f"{base.method.name} on {suite.name}: inter-task gradient cosine per epoch"))
+    if suite.report is not None:
+        key, extra, extra_plots = suite.report(result, base, out)
+        result[key] = extra
+        plots += extra_plots
+    result["plots"] = [p.name for p in plots]
+    atomic_write_text(out / "results.json", json.dumps(_json_safe(result), indent=2) + "\n")
+    atomic_write_text(out / "results.md", results_markdown(suite, result))
+    print(f"benchmark results: {out / 'results.md'}", file=sys.stderr)
+    return result
+
+
+def summarize_runs(suite: Suite, preset: BenchmarkPreset, base: config_mod.RunConfig, rows: list[Row],
+                   seeds: list[int], options: dict, runs: dict) -> dict:
+    """results.json without the plots: mean ± std per row and metric, paired differences against ``none``, and the
+    Spearman correlation between each run's early conflict (mean cosine over the first half of its epochs, of its
+    first pretraining) and its primary metric."""
+    keys = [str(s) for s in seeds]
+    summary = {row.label: {m: summarize([runs[row.label][k]["metrics"][m] for k in keys]).as_dict()
+                           for m in suite.metrics} for row in rows}
+    paired = {}
+    if BASELINE in runs:
+        for row in rows:
+            if row.label != BASELINE:
+                paired[row.label] = {m: paired_difference([runs[row.label][k]["metrics"][m] for k in keys],
+                                                          [runs[BASELINE][k]["metrics"][m] for k in keys],
+                                                          CONFIDENCE).as_dict() for m in suite.metrics}
+    early, primary = [], []
+    for by_seed in runs.values():
+        for record in by_seed.values():
+            first = next(iter(record["conflict"].values()), [])
+            if first:
+                early.append(statistics.fmean(first[:math.ceil(len(first) / 2)]))
+                primary.append(record["metrics"][suite.primary])
+    return {
+        "suite": suite.name, "title": suite.title, "protocol": suite.protocol, "preset": preset.name,
+        "metrics": list(suite.metrics), "primary": suite.primary, "baseline": BASELINE,
+        "rows": [dataclasses.asdict(row) for row in rows], "seeds": seeds, "options": options,
+        "config": config_mod.to_dict(base), "runs": runs, "summary": summary, "paired": paired,
+        "conflict_vs_primary": {"spearman": spearman(early, primary) if early else math.nan, "n": len(early)},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+def _json_safe(value):
+    """NaN / inf -> None (strict JSON), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _points(value: float) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100.0 * value:+.2f}"
+
+
+def results_markdown(suite: Suite, result: dict) -> str:
+    cfg = result["config"]
+    metrics, n_seeds = result["metrics"], len(result["seeds"])
+    lines = [f"# tc2ssl benchmark {suite.name}: {suite.title}", "", suite.protocol, "",
+             f"Preset `{result['preset']}`: {cfg['method']['name']}, backbone {cfg['model']['backbone']}, "
+             f"{cfg['train']['epochs']} epoch(s) at batch {cfg['train']['batch_size']}, data.max_train "
+             f"{cfg['data']['max_train'] or 'all'}, eval.max_train {cfg['eval']['max_train'] or 'all'}; seeds "
+             f"{', '.join(map(str, result['seeds']))} (the same for every row); suite options {result['options']}.",
+             "", f"## Accuracy (%), mean ± std over {n_seeds} seed(s)", "",
+             "| row | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for label, by_metric in result["summary"].items():
+        cells = [f"{100 * by_metric[m]['mean']:.2f} ± {100 * by_metric[m]['std']:.2f}" for m in metrics]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if result["paired"]:
+        lines += ["", f"## Paired difference against `{BASELINE}` (points), mean [{CONFIDENCE:.0%} t-interval]", "",
+                  "| row | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+        for label, by_metric in result["paired"].items():
+            cells = [f"{_points(d['mean'])} [{_points(d['ci_low'])}, {_points(d['ci_high'])}]"
+                     for d in (by_metric[m] for m in metrics)]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if n_seeds < 2:
+            lines += ["", "(one seed: no interval; pass --seeds 0,1,2)"]
+    else:
+        lines += ["", f"(no `{BASELINE}` row: no paired differences)"]
+    conflict = result["conflict_vs_primary"]
+    rho = conflict["spearman"]
+    lines += ["", "## Conflict", "",
+              f"Spearman ρ between each run's mean inter-task gradient cosine over the first half of its epochs and "
+              f"its {result['primary']} accuracy: "
+              f"{'n/a' if rho is None or not math.isfinite(rho) else f'{rho:+.3f}'} over {conflict['n']} runs.", ""]
+    if "k_ablation" in result and result["k_ablation"]:
+        lines += ["## K ablation (TC², linear probe %)", "", "| K | mean ± std |", "|---|---|"]
+        lines += [f"| {k} | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} |" for k, s in result["k_ablation"].items()]
+        lines.append("")
+    lines += [f"![{p}]({p})" for p in result["plots"]]
+    lines += ["", "## Runs", "", "| row | seed | wall time (s) | run folder(s) |", "|---|---|---|---|"]
+    for label, by_seed in result["runs"].items():
+        for seed, record in by_seed.items():
+            lines.append(f"| {label} | {seed} | {record['seconds']:.0f} | {', '.join(record['run_dirs'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_metric_bars(summary: dict, metrics: list[str], png_path: Path, title: str) -> Path:
+    """Grouped bars: one group per metric, one bar per row (mean over seeds, error bar = std), in percent."""
+    fig = _figure(max(6.0, 0.6 * len(metrics) * max(1, len(summary)) ** 0.5 + 2), 4)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(1, len(summary))
+    for i, (label, by_metric) in enumerate(summary.items()):
+        xs = [j + (i - (len(summary) - 1) / 2) * width for j in range(len(metrics))]
+        ax.bar(xs, [100 * by_metric[m]["mean"] for m in metrics], width,
+               yerr=[100 * by_metric[m]["std"] for m in metrics], capsize=2,
+               label=label.replace("tasks", "+T").replace("tc2", "TC²"))
+    ax.set_xticks(range(len(metrics)))
+    ax.set_xticklabels(metrics, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    return png_path
+
+
+def plot_k_curve(curve: dict[int, dict], references: dict[str, float], png_path: Path, title: str) -> Path:
+    """TC² accuracy (mean ± std over seeds) against K on a log2 axis, the reference rows as horizontal lines."""
+    fig = _figure(6, 4)
+    ax = fig.add_subplot(1, 1, 1)
+    ks = list(curve)
+    ax.errorbar(ks, [100 * curve[k]["mean"] for k in ks], yerr=[100 * curve[k]["std"] for k in ks], marker="o",
+                capsize=3, label="TC²")
+    for (label, value), style in zip(references.items(), (":", "--")):
+        ax.axhline(100 * value, linestyle=style, color="grey", label=label.replace("tasks", "+T"))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.set_xlabel("K (tasks per batch)")
+    ax.set_ylabel("linear probe accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    return png_path

@@ -1,0 +1,175 @@
+"""``tc2ssl benchmark SUITE``: clear errors before any work, paired statistics over seeds, and each suite's smoke
+preset end to end on the real data (skipped without ../shared/data)."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from tc2ssl import config as config_mod
+from tc2ssl.benchmarks import SUITES, get_preset
+from tc2ssl.benchmarks.suites import (Row, colored_training_data, k_ablation_rows, results_markdown, suite_options,
+                                      summarize_runs)
+from tc2ssl.cli import main
+from tc2ssl.config import DataConfig
+from tc2ssl.data import load_data
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("tc2ssl: error: ") and "Traceback" not in err, err
+    return err
+
+
+def test_unknown_suite_is_a_clear_error_listing_the_suites(capsys):
+    assert main(["benchmark", "imagenet"]) == 2
+    err = one_line_error(capsys)
+    assert "unknown benchmark suite 'imagenet'" in err
+    assert "valid names: cifar10_subset, colored_mnist, digits_transfer, pacs" in err
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["benchmark", "--preset", "huge", "pacs"], "valid presets: smoke, cpu, paper"),
+    (["benchmark", "--seeds", "a", "pacs"], "--seeds must be comma-separated integers"),
+    (["benchmark", "pacs", "suite.rho=0.5"], "suite 'pacs' takes suite.max_test=VALUE"),
+    (["benchmark", "colored_mnist", "suite.rho=2"], "expected float"),
+    (["benchmark", "pacs", "data.name=mnist"], "sets data.name itself"),
+    (["benchmark", "pacs", "train.epochs=0"], "train.epochs=0 is out of range"),
+    (["benchmark", "--plugins", "none,tc3", "pacs"], "plugin.name='tc3' is unknown"),
+    (["benchmark", "--preset", "smoke", "cifar10_subset", "suite.k_values=[2,64]"],
+     "plugin.n_tasks=64 exceeds train.batch_size=32"),
+])
+def test_bad_benchmark_inputs_fail_before_any_work(argv, fragment, capsys, tmp_path):
+    assert main([*argv, f"out={tmp_path / 'out'}"]) == 2
+    assert fragment in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()  # nothing was trained or written
+
+
+def test_suite_options_parse_and_default_from_the_preset():
+    suite = SUITES.get("colored_mnist")
+    options, rest = suite_options(suite, get_preset("cpu"), ["suite.rho=0.95", "train.epochs=2"])
+    assert options == {"max_test": 0, "rho": 0.95} and rest == ["train.epochs=2"]
+    options, _ = suite_options(SUITES.get("cifar10_subset"), get_preset("smoke"), ["suite.k_values=[2,16]"])
+    assert options["k_values"] == [2, 16] and options["max_test"] == 300
+
+
+def test_k_ablation_adds_one_tc2_row_per_other_k():
+    base = config_mod.load_config((), ["plugin.n_tasks=4"])
+    rows = k_ablation_rows(base, ["none", "tc2"], {"k_values": [2, 4, 8, 16]})
+    assert rows == [Row("tc2 K=2", "tc2", ("plugin.n_tasks=2",)), Row("tc2 K=8", "tc2", ("plugin.n_tasks=8",)),
+                    Row("tc2 K=16", "tc2", ("plugin.n_tasks=16",))]
+    assert rows[2].folder == "tc2_K16"
+    assert k_ablation_rows(base, ["none", "tasks"], {"k_values": [2, 8]}) == []
+
+
+def test_summary_pairs_rows_by_seed_and_the_table_shows_it():
+    """none = 0.50/0.60/0.70 and tc2 = +2.0, +1.9, +2.1 points on the same seeds: a paired mean of +2 points whose
+    interval excludes 0, although the seeds' spread (10 points) dwarfs the gain."""
+    suite = SUITES.get("cifar10_subset")
+    base = config_mod.load_config((), ["data.name=cifar10_subset"])
+    values = {"none": [0.50, 0.60, 0.70], "tc2": [0.52, 0.619, 0.721]}
+    runs = {label: {str(seed): {"metrics": {"linear_probe": v, "knn": v - 0.1}, "seconds": 1.0,
+                                "run_dirs": [f"{label}_seed{seed}"],
+                                "conflict": {f"{label}_seed{seed}": [0.1 * seed, 0.0]}}
+                    for seed, v in enumerate(vs)} for label, vs in values.items()}
+    result = summarize_runs(suite, get_preset("cpu"), base, [Row("none", "none"), Row("tc2", "tc2")], [0, 1, 2],
+                            {"max_test": 0}, runs)
+    assert result["summary"]["tc2"]["linear_probe"]["mean"] == pytest.approx(0.62)
+    assert result["summary"]["none"]["linear_probe"]["std"] == pytest.approx(0.1)
+    paired = result["paired"]["tc2"]["linear_probe"]
+    # s_d = 0.001: 0.02 ± t_{0.975, 2} · 0.001 / sqrt(3) = 0.02 ± 0.00248
+    assert paired["mean"] == pytest.approx(0.02)
+    assert paired["ci_low"] == pytest.approx(0.02 - 0.002484, abs=1e-5)
+    assert paired["ci_high"] == pytest.approx(0.02 + 0.002484, abs=1e-5)
+    assert "none" not in result["paired"]
+    # early conflict per run (first half of 2 epochs = epoch 1): 0, 0.1, 0.2 per seed for both rows
+    assert result["conflict_vs_primary"]["n"] == 6
+    result["plots"] = []
+    table = results_markdown(suite, result)
+    assert "| tc2 | 62.00 ± 10.05 | 52.00 ± 10.05 |" in table
+    assert "| tc2 | +2.00 [+1.75, +2.25] | +2.00 [+1.75, +2.25] |" in table
+
+
+# ------------------------------------------------------------------------------------------- smoke, real data
+EXPECTED_KEYS = {"suite", "title", "protocol", "preset", "metrics", "primary", "baseline", "rows", "seeds",
+                 "options", "config", "runs", "summary", "paired", "conflict_vs_primary", "plots"}
+
+
+def smoke(suite: str, out, *extra: str) -> dict:
+    assert main(["benchmark", "--preset", "smoke", suite, f"out={out}", *extra]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert EXPECTED_KEYS <= set(result)
+    assert result["suite"] == suite and result["seeds"] == [0] and result["metrics"] == list(SUITES.get(suite).metrics)
+    labels = [row["label"] for row in result["rows"]]
+    for label in labels:
+        assert set(result["summary"][label]) == set(result["metrics"])
+        assert all(0.0 <= s["mean"] <= 1.0 for s in result["summary"][label].values())
+        assert set(result["paired"]) == set(labels) - {"none"}
+        record = result["runs"][label]["0"]
+        assert set(record["metrics"]) == set(result["metrics"])
+        assert all(len(series) == 1 for series in record["conflict"].values())  # one epoch, every plug-in logs
+    table = (out / "results.md").read_text()
+    assert "| row | " + " | ".join(result["metrics"]) + " |" in table
+    assert all(f"\n| {label} | " in table for label in labels)
+    for png in result["plots"]:
+        assert (out / png).stat().st_size > 1000
+    assert {"metrics.png", "conflict.png"} <= set(result["plots"])
+    # paired: every row ran the same seed on the same data; configs differ only in the plug-in and the folder
+    def pretraining_folder(label: str):
+        folder = out / f"{label.replace(' ', '_').replace('=', '')}_seed0"
+        assert (folder / "benchmark.json").is_file()
+        return folder / "mnist_grey" if suite == "digits_transfer" else folder
+
+    configs = {label: yaml.safe_load((pretraining_folder(label) / "config.yaml").read_text()) for label in labels}
+    reference = configs["none"]
+    for cfg in configs.values():
+        assert cfg["seed"] == 0 and cfg["data"] == reference["data"] and cfg["train"] == reference["train"]
+    return result
+
+
+@pytest.mark.data
+@pytest.mark.filterwarnings("ignore")
+def test_pacs_smoke(shared_data, tmp_path):
+    result = smoke("pacs", tmp_path / "pacs")
+    details = json.loads((tmp_path / "pacs" / "tc2_seed0" / "benchmark.json").read_text())["details"]
+    assert details["lodo_art_painting"]["n_val"] > 0 and details["photo"]["n_test"] == 171  # photo's crossval
+    assert result["config"]["data"]["domains"] == ["photo", "sketch", "cartoon"]
+
+
+@pytest.mark.data
+@pytest.mark.filterwarnings("ignore")
+def test_colored_mnist_smoke(shared_data, tmp_path):
+    result = smoke("colored_mnist", tmp_path / "cm")
+    details = json.loads((tmp_path / "cm" / "none_seed0" / "benchmark.json").read_text())["details"]
+    assert details["rho"] == 0.9 and details["worst_group"] == min(details["groups"].values())
+    assert result["summary"]["none"]["worst_group"]["mean"] <= result["summary"]["none"]["average"]["mean"]
+
+
+@pytest.mark.data
+@pytest.mark.filterwarnings("ignore")
+def test_digits_transfer_smoke(shared_data, tmp_path):
+    result = smoke("digits_transfer", tmp_path / "dt")
+    record = result["runs"]["tc2"]["0"]
+    assert [p.rsplit("/", 1)[1] for p in record["run_dirs"]] == ["mnist_grey", "mnist_rgb"]
+    grey, rgb = (yaml.safe_load((tmp_path / "dt" / "tc2_seed0" / d / "config.yaml").read_text())
+                 for d in ("mnist_grey", "mnist_rgb"))
+    assert (grey["data"]["channels"], rgb["data"]["channels"]) == (1, 3)
+
+
+@pytest.mark.data
+@pytest.mark.filterwarnings("ignore")
+def test_cifar10_subset_smoke_with_k_ablation(shared_data, tmp_path):
+    result = smoke("cifar10_subset", tmp_path / "c10")
+    assert [row["label"] for row in result["rows"]] == ["none", "tasks", "tc2", "tc2 K=2", "tc2 K=8"]
+    assert list(result["k_ablation"]) == ["2", "4", "8"]
+    assert "k_curve.png" in result["plots"]
+    k8 = yaml.safe_load((tmp_path / "c10" / "tc2_K8_seed0" / "config.yaml").read_text())
+    assert k8["plugin"]["n_tasks"] == 8
+
+
+@pytest.mark.data
+def test_colored_mnist_suite_data_is_the_registered_source_at_the_default_rho(shared_data):
+    cfg = DataConfig(name="colored_mnist", root=str(shared_data), max_train=500)
+    ours, source = colored_training_data(cfg, 0.9), load_data(cfg)
+    assert torch.equal(ours.train.images, source.train.images) and torch.equal(ours.train.groups, source.train.groups)
+    assert torch.equal(ours.test.images, source.test.images)

@@ -1,0 +1,37 @@
+import torch
+import torch.nn as nn
+
+import tc2ssl.api as api
+from tc2ssl.errors import ConfigError
+
+import pytest
+
+
+def encoder():
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten())
+
+
+def test_tc2_step_in_a_user_loop_sets_encoder_grads_and_updates_calibrators():
+    torch.manual_seed(0)
+    net = encoder()
+    method = api.ssl_method("simclr", net, feat_dim=8, proj_output_dim=8, proj_hidden_dim=16)
+    step = api.TC2Step(method, image_size=8, channels=1, augment="digits", n_tasks=2, n_views=3)
+    images = (torch.rand(16, 1, 8, 8) * 255).to(torch.uint8)
+    before = {k: v.clone() for k, v in step.plugin.named_parameters()}
+    metrics = step(images)
+    assert torch.isfinite(metrics["loss"]) and "tc2/loss_v" in metrics
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    assert any(not torch.equal(v, before[k]) for k, v in step.plugin.named_parameters())
+    assert step.step == 1
+    assert "conflict/cos_mean" in step.end_epoch() and step.epoch == 1
+
+
+def test_plus_t_and_validation():
+    method = api.ssl_method("simclr", encoder(), feat_dim=8, proj_output_dim=8)
+    plus_t = api.TC2Step(method, image_size=8, channels=1, plugin="tasks", augment="none", n_tasks=2, n_views=3)
+    assert not hasattr(plus_t.plugin, "factor_net")
+    with pytest.raises(ConfigError, match="feat_dim"):
+        api.ssl_method("simclr", encoder())
+    with pytest.raises(ConfigError, match="plugin.n_tasks"):
+        api.TC2Step(method, image_size=8, channels=1, n_tasks=0)
