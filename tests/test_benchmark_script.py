@@ -1,11 +1,42 @@
+import importlib.util
 import json
 import subprocess
 import sys
-
-import pytest
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_throughput():
+    spec = importlib.util.spec_from_file_location("throughput", REPO / "benchmarks" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_floor_counts_follow_the_passes_the_maths_requires():
+    """Per batch of N images: baseline 2N forward+backward; stage 2 needs the support (Eq. 6) and query (Eq. 7)
+    views forward+backward and the anchors forward; TC² adds the statistics forward of all N·m views (only the
+    query views when the support forward is shared); FD adds two gradient probes over the support views."""
+    floor_counts = load_throughput().floor_counts
+    n, m, ms = 128, 4, 2
+    assert floor_counts("baseline", "-", n, m, ms) == {"forward_nograd": 0, "forward_graph": 256, "backward": 256}
+    plus_t = floor_counts("tasks", "first_order", n, m, ms)
+    assert plus_t == {"forward_nograd": 256, "forward_graph": 512, "backward": 512}
+    tc2 = floor_counts("tc2", "first_order", n, m, ms)
+    assert tc2 == {"forward_nograd": 256 + 512, "forward_graph": 512, "backward": 512}
+    assert floor_counts("tc2", "first_order", n, m, ms, shared_support=True)["forward_nograd"] == 256 + 256
+    fd = floor_counts("tc2", "finite_difference", n, m, ms)
+    assert fd["forward_graph"] - tc2["forward_graph"] == fd["backward"] - tc2["backward"] == 2 * n * ms
+    exact = floor_counts("tc2", "exact", n, m, ms)
+    assert exact["forward_graph"] == tc2["forward_graph"] and exact["backward"] > tc2["backward"]
+    # with backward = 2 forwards and no-grad = graph forward, the first-order TC² floor is 3x the baseline's
+    unit = {"forward_nograd": 1.0, "forward_graph": 1.0, "backward": 2.0}
+    module = load_throughput()
+    ratio = module.floor_seconds(tc2, unit) / module.floor_seconds(floor_counts("baseline", "-", n, m, ms), unit)
+    assert ratio == pytest.approx(3.0)
 
 
 @pytest.mark.slow
@@ -17,5 +48,27 @@ def test_throughput_quick_prints_the_ratio_last(tmp_path):
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert last["tc2_to_baseline_step_ratio"] > 1.0
     assert 0.0 < last["tc2_stage1_share"] < 1.0
+    assert 0.0 < last["tc2_augmentation_share"] < 1.0
+    assert last["tc2_step_to_floor"] > 0.0
     report = json.loads((tmp_path / "throughput.json").read_text())
-    assert set(report["main"]) == {"baseline", "tasks", "tc2"}
+    assert {"baseline", "tasks", "tc2"} <= set(report["main"])
+    shares = report["main"]["tc2"]["share"]
+    assert sum(shares.values()) == pytest.approx(1.0, abs=0.05)
+    assert {"augmentation", "statistics_forward", "stage1", "stage2"} <= set(shares)
+    assert report["floor"]["rows"]["tc2/first_order"]["views"]["forward_nograd"] == 64 * (4 + 2)
+    assert (tmp_path / "throughput.md").read_text().startswith("Throughput:")
+
+
+@pytest.mark.slow
+def test_throughput_sweeps_k_and_m_and_reports_points_it_cannot_run(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--sweep", "--repeats", "2",
+                           "--warmup", "1", "--batch", "32", "--backbone", "small_cnn_tiny", "--k-sweep", "2,4",
+                           "--m-sweep", "2:1,3:2", "--no-shared", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "throughput.json").read_text())
+    assert set(report["sweep_n_tasks"]["points"]) == {"baseline", "K=2", "K=4"}
+    assert report["sweep_n_tasks"]["spread_max_over_min"] >= 1.0
+    assert set(report["sweep_n_views"]["points"]) == {"baseline", "m=3,m'=2"}
+    assert "simclr" in report["sweep_n_views"]["skipped"]["m=2,m'=1"]
+    assert "k_sweep_spread" in json.loads(proc.stdout.strip().splitlines()[-1])

@@ -21,7 +21,7 @@ import json
 import sys
 import warnings
 
-from tc2ssl.errors import TC2SSLError
+from tc2ssl.errors import ConfigError, TC2SSLError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,6 +102,7 @@ def _dispatch(args) -> int:
         plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
         for name in plugins:
             config_mod.load_config(args.preset, [*args.overrides, f"plugin.name={name}"])  # validate before work
+        _check_one_run_per_launch(cfg, "compare")
         rows = run_compare(cfg, plugins)
         print(json.dumps({k: {"linear_probe": v["linear_probe"]["accuracy"], "knn": v["knn"]["accuracy"]}
                           for k, v in rows.items()}, indent=2))
@@ -113,6 +114,7 @@ def _dispatch(args) -> int:
         plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
         for name in plugins:
             config_mod.load_config(args.preset, [*args.overrides, f"plugin.name={name}"])  # validate before work
+        _check_one_run_per_launch(cfg, "figure1")
         try:
             seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
         except ValueError:
@@ -134,6 +136,13 @@ def _dispatch(args) -> int:
         print(json.dumps(_summary(run_evaluate(args.run_dir, args.overrides)), indent=2))
         return 0
     raise AssertionError(args.command)
+
+
+def _check_one_run_per_launch(cfg, command: str) -> None:
+    if cfg.train.devices > 1 and cfg.train.strategy == "ddp":
+        raise ConfigError(
+            f"train.strategy=ddp re-runs the command in every process and supports one training run per command; "
+            f"`tc2ssl {command}` trains several: use train.strategy=ddp_spawn (or auto)")
 
 
 def _summary(results: dict) -> dict:

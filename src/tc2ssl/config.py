@@ -86,6 +86,8 @@ class PluginConfig:
     n_support_views: int = bounded(2, 1, help="m': views per image in the support set")
     n_factors: int = bounded(0, 0, help="n_f; 0 = d/2")
     lam_s: float = bounded(1.0, 0.0, help="λ_s in Eq. 3")
+    stage1_ssl_weight: float = bounded(1.0, 0.0, help="weight of the SSL term (1/K)Σ_k L in the stage-1 objectives "
+                                       "of Eqs. 4-5 (1 = the paper; an ablation knob)")
     l1_coef: float = bounded(0.05, 0.0, help="coefficient of ||W||_1 in Eq. 2 (literal: 1)")
     alpha1: float = bounded(1e-2, 0.0, help="α₁..α₄: plain-SGD steps of stage 1 (Eqs. 4-5) for f_v (α₁, α₃) and f_w (α₂, α₄)")
     alpha2: float = bounded(1e-2, 0.0)
@@ -122,6 +124,10 @@ class PluginConfig:
     conflict_params: str = choice("all", ("all", "backbone"))
     conflict_tasks: int = bounded(2, 2, help="tasks the plain baseline's batch is split into for the conflict metric")
     health_every: int = bounded(1, 1)
+    share_support_forward: str = choice(
+        "auto", ("auto", "always", "never"),
+        help="take the support rows of S from the stage-2 support forward instead of a separate one (saves N·m' "
+             "view forwards); auto = only where it is exact, i.e. no BatchNorm uses batch statistics")
 
 
 @dataclass
@@ -136,9 +142,13 @@ class TrainConfig:
     schedule: str = choice("cosine", ("cosine", "constant"))
     grad_clip: float = bounded(0.0, 0.0, help="max gradient norm (0 = off)")
     accelerator: str = choice("cpu", ("cpu", "gpu", "cuda", "auto"))
-    devices: int = bounded(1, 1)
-    strategy: str = choice("auto", ("auto", "ddp", "ddp_spawn"))
-    precision: str = choice("32-true", ("32-true", "bf16-mixed", "16-mixed"))
+    devices: int = bounded(1, 1, 256, help="processes (one device each); train.batch_size is the global batch, "
+                                           "split evenly over them (docs/distributed.md)")
+    strategy: str = choice("auto", ("auto", "ddp", "ddp_spawn"),
+                           help="how devices > 1 processes start: auto = ddp_spawn; ddp re-runs the command "
+                                "(tc2ssl pretrain only)")
+    precision: str = choice("32-true", ("32-true", "bf16-mixed", "16-mixed", "64-true"),
+                            help="64-true: float64 everywhere (slow; for exactness checks, e.g. the DDP test)")
     channels_last: bool = False
     resume: bool = False
     max_steps: int = bounded(0, 0, help="stop after this many steps in total (0 = no limit; for tests)")
@@ -300,6 +310,10 @@ def validate(cfg: RunConfig) -> None:
                               "(the query set needs at least one view)")
         if p.n_tasks > cfg.train.batch_size:
             raise ConfigError(f"plugin.n_tasks={p.n_tasks} exceeds train.batch_size={cfg.train.batch_size}")
+    if cfg.train.devices > 1:
+        from tc2ssl.distributed import check_config
+
+        check_config(cfg)
     if cfg.eval.data is not None and cfg.eval.data not in registries["data"]:
         raise ConfigError(f"eval.data={cfg.eval.data!r} is unknown; valid names: {', '.join(registries['data'].names())}")
     if not cfg.eval.probe_cs or any(c <= 0 for c in cfg.eval.probe_cs):

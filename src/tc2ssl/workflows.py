@@ -10,6 +10,7 @@ import torch
 from tc2ssl import config as config_mod
 from tc2ssl.data import load_data
 from tc2ssl.data.base import DataSplits
+from tc2ssl.distributed import is_secondary_process
 from tc2ssl.errors import CheckpointError, DataError
 from tc2ssl.models import build_backbone
 from tc2ssl.train.checkpoint import load_encoder_weights
@@ -75,6 +76,8 @@ def run_pretrain(cfg: config_mod.RunConfig) -> dict:
 
     data = load_data(cfg.data)
     out = pretrain(cfg, data)
+    if is_secondary_process():      # train.strategy=ddp: a re-run of the command as rank > 0; rank 0 reports
+        return {}
     results: dict = {}
     if cfg.eval.enabled:
         backbone, meta = load_backbone(out)

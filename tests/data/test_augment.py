@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from tc2ssl.data.augment import ViewMaker, auto_preset, step_seed
@@ -41,3 +42,16 @@ def test_step_seeds_are_distinct():
     seeds = {step_seed(0, e, s) for e in range(5) for s in range(100)}
     assert len(seeds) == 500
     assert step_seed(0, 1, 2) != step_seed(0, 1, 2, stream=1)
+
+
+def test_views_of_selected_rows_are_those_rows_of_the_whole_batch():
+    """Multi-process training: a process transforms only its images, with the parameters drawn for the whole batch."""
+    for preset, channels in [("digits", 1), ("digits", 3), ("cifar", 3), ("imagenet", 3), ("none", 1)]:
+        maker = ViewMaker(preset, 16, channels)
+        images = torch.randint(0, 256, (12, channels, 16, 16), dtype=torch.uint8)
+        whole = maker(images, 3, seed=7)
+        rows = torch.tensor([9, 0, 4, 11])
+        assert torch.equal(maker(images, 3, seed=7, rows=rows), whole[rows]), preset
+        assert torch.equal(maker(images, 3, seed=7, rows=torch.arange(12)), whole), preset
+    with pytest.raises(ValueError):
+        maker(images.float(), 3, seed=7, rows=rows)

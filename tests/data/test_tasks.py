@@ -55,3 +55,21 @@ def test_masks_have_exact_count():  # SPEC T2 (G-SSL masks)
     assert masks.shape == (5, 3, 16) and masks.dtype == torch.bool
     assert (masks.sum(-1) == 12).all()
     assert not torch.equal(masks[:, 0], masks[:, 1])
+
+
+def test_task_shards_partition_the_tasks_and_their_images():
+    from tc2ssl.distributed import DistributedContext
+
+    split = build_tasks(26, 4, 4, 2, torch.Generator().manual_seed(3))       # 2 images dropped
+    shards = [DistributedContext(rank, 2).task_shard(split) for rank in range(2)]
+    images = torch.cat([s.images for s in shards])
+    assert torch.equal(images.sort().values, split.groups.reshape(-1).sort().values)
+    for rank, shard in enumerate(shards):
+        local = shard.split
+        assert (local.n_tasks, local.n_tasks_total, local.n_kept) == (2, 4, 12)
+        for k in range(2):           # local task k is global task 2·rank + k, views and all
+            members = shard.images[local.groups[k]]
+            assert torch.equal(members, split.groups[2 * rank + k])
+            assert torch.equal(local.support_idx[local.groups[k]], split.support_idx[members])
+            assert torch.equal(local.query_idx[local.groups[k]], split.query_idx[members])
+    assert DistributedContext().task_shard(split).split is split

@@ -10,6 +10,7 @@ from tc2ssl.meta.functional import (
     accumulate,
     assign_grads,
     cloned_buffers,
+    detached_leaves,
     grad_dict,
     hessian_vector_product_fd,
     hypergradient,
@@ -227,3 +228,56 @@ def test_accumulate_and_assign_grads():
         assign_grads(model, {"nope": torch.zeros(1)})
     with pytest.raises(ValueError, match="shape"):
         assign_grads(model, {"0.bias": torch.zeros(3)})
+
+
+# ---------------------------------------------------------------------------------------------- shared first forward
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("mode", HYPERGRADIENT_MODES)
+def test_first_inner_loss_gives_the_same_result_as_the_closure(mode, steps):
+    """A caller-evaluated L_in(θ) on detached leaves (TC²'s shared support forward) changes nothing but who runs
+    the first forward: same meta-gradient, losses, adapted parameters and inner gradient; the live parameters and
+    buffers stay untouched."""
+    model, inner, outer = make_problem(seed=6, batchnorm=True)
+    params = module_params(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    reference = hypergradient(outer, inner, params, 0.2, mode=mode, fd_radius=1e-4, steps=steps)
+    calls = []
+
+    def counted_inner(p):
+        calls.append(1)
+        return inner(p)
+
+    theta = detached_leaves(params)
+    shared = hypergradient(outer, counted_inner, theta, 0.2, mode=mode, fd_radius=1e-4, steps=steps,
+                           first_inner_loss=inner(theta))
+    for name in params:
+        torch.testing.assert_close(shared.grads[name], reference.grads[name], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(shared.adapted[name], reference.adapted[name], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(shared.inner_grads[name], reference.inner_grads[name], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(torch.stack(shared.inner_losses), torch.stack(reference.inner_losses))
+    torch.testing.assert_close(shared.outer_loss, reference.outer_loss)
+    # the engine did not evaluate L_in at θ itself: only the later inner steps and the two FD probes per step
+    assert len(calls) == (steps - 1) + (2 * steps if mode == "finite_difference" else 0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert all(p.grad is None for p in model.parameters())
+    assert all(t.grad is None for t in theta.values())
+
+
+def test_first_inner_loss_must_be_built_on_the_given_leaves():
+    model, inner, outer = make_problem(seed=7)
+    params = module_params(model)
+    live_loss = inner(params)
+    with pytest.raises(ValueError, match="leaves"):          # derived tensors, not leaves: the graph cannot be used
+        hypergradient(outer, inner, {n: p * 1.0 for n, p in params.items()}, 0.1, first_inner_loss=live_loss)
+    theta = detached_leaves(params)
+    with torch.no_grad():
+        no_graph = inner(theta)
+    with pytest.raises(ValueError, match="no graph"):
+        hypergradient(outer, inner, theta, 0.1, first_inner_loss=no_graph)
+    with pytest.raises(ValueError, match="scalar"):
+        hypergradient(outer, inner, theta, 0.1, first_inner_loss=torch.ones(2, requires_grad=True))
+    # detached leaves alias the data (no copy) but never carry a graph back to the live parameters
+    name = next(iter(params))
+    assert theta[name].data_ptr() == params[name].data_ptr() and theta[name] is not params[name]
+    assert theta[name].is_leaf and theta[name].requires_grad

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -506,3 +507,37 @@ def test_literal_mode_with_adam_runs_and_the_collapse_guard_fires(make_run):
     with pytest.warns(UserWarning, match="collapses"):
         summary = run.plugin.epoch_summary(0)
     assert summary["tc2/health_warnings"] >= 1
+
+
+def test_stage1_ssl_weight_zero_drops_the_ssl_term_of_eqs_4_5(make_run, monkeypatch):
+    """plugin.stage1_ssl_weight=0: the f_v / f_w update is the one of L_tc² alone, i.e. the same as with SSL losses
+    that are identically zero; weight 1 (the paper) differs from it."""
+    def stage1_calibrator(*overrides, zero_ssl=False):
+        run = make_run("plugin.stage1_grad_clip=0", *overrides)
+        if zero_ssl:
+            monkeypatch.setattr(run.method, "support_loss", lambda z, ctx: z.sum() * 0.0)
+            monkeypatch.setattr(run.plugin, "_query_loss", lambda zq, *args: zq.sum() * 0.0)
+        views, split, z = stage_inputs(run, images_of(run))
+        run.plugin.stage1(z, split, views)
+        return flat(calibrator(run.plugin))
+
+    weight_zero = stage1_calibrator("plugin.stage1_ssl_weight=0")
+    no_ssl = stage1_calibrator(zero_ssl=True)
+    paper = stage1_calibrator()
+    torch.testing.assert_close(weight_zero, no_ssl, rtol=1e-6, atol=1e-7)
+    assert (weight_zero - paper).abs().max() > 1e-5
+
+
+def test_whitening_loss_on_tasks_not_larger_than_the_embedding_warns_once(make_run):
+    """Barlow Twins on tasks of n = 16 images with d = 16 warns (rank-deficient target), once per run; with
+    d = 8 < n it does not; SimCLR never does."""
+    run = make_run("method.name=barlow_twins")                                    # n = 32 / 2 = 16, d = 16
+    with pytest.warns(UserWarning, match="whitens its 16-dim embedding over each task's 16 images"):
+        run.plugin.training_step(images_of(run), INFO)
+    run.method.zero_grad(set_to_none=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.plugin.training_step(images_of(run), StepInfo(epoch=0, step=1, seed=2))
+        for quiet in (make_run("method.name=barlow_twins", "method.proj_output_dim=8"), make_run()):
+            quiet.plugin.training_step(images_of(quiet), INFO)
+    assert not [w for w in caught if "whitens" in str(w.message)]

@@ -72,17 +72,78 @@ class ViewMaker:
     def __init__(self, preset: str, resolution: int, channels: int):
         self.preset = preset
         self.pipeline = build_augmentation(preset, resolution, channels)
+        self.dtype = torch.float32
 
-    def __call__(self, images: torch.Tensor, n_views: int, seed: int) -> torch.Tensor:
+    def set_dtype(self, dtype: torch.dtype) -> "ViewMaker":
+        """Make views in ``dtype`` (float64 for ``train.precision=64-true``; the random parameters are then drawn in
+        float64 too, a different but equally seeded stream)."""
+        self.dtype = dtype
+        self.pipeline.to(dtype)
+        return self
+
+    def __call__(self, images: torch.Tensor, n_views: int, seed: int,
+                 rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Views of ``images`` [N, C, H, W]; with ``rows`` (image indices), only the views of ``images[rows]``,
+        bit-identical to those rows of the views of the whole batch (for multi-process training: every process
+        draws the random parameters of the whole batch, a few numbers per image, and transforms only its own
+        images)."""
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"expected uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        if rows is not None:
+            return self._views_of_rows(images, n_views, seed, rows)
         n = images.shape[0]
-        x = images.float().div_(255.0)
+        x = images.to(self.dtype).div_(255.0)
         stacked = x.unsqueeze(0).expand(n_views, *x.shape).reshape(n_views * n, *x.shape[1:])
         with seeded(seed, images.device), torch.no_grad():
             views = self.pipeline(stacked).clamp_(0.0, 1.0)
         views = views.view(n_views, n, *x.shape[1:]).transpose(0, 1)  # [N, m, C, H, W]
         return views.mul(2.0).sub_(1.0).contiguous()
+
+    def _views_of_rows(self, images: torch.Tensor, n_views: int, seed: int, rows: torch.Tensor) -> torch.Tensor:
+        n = images.shape[0]
+        rows = rows.to(torch.long).cpu()
+        x = images[rows.to(images.device)].to(self.dtype).div_(255.0)
+        k = x.shape[0]
+        stacked = x.unsqueeze(0).expand(n_views, *x.shape).reshape(n_views * k, *x.shape[1:])
+        # the rows of the view-major stack [m·N] of the whole batch that belong to images[rows]
+        stack_rows = (torch.arange(n_views)[:, None] * n + rows[None, :]).reshape(-1)
+        whole_batch_shape = torch.Size((n_views * n, *x.shape[1:]))
+        with seeded(seed, images.device), torch.no_grad():
+            out = stacked
+            for op in _ops(self.pipeline):
+                params = op.forward_parameters(whole_batch_shape)   # the same draws as a whole-batch call
+                out = op(out, params=_params_of_rows(params, stack_rows, whole_batch_shape[0], out.shape))
+            views = out.clamp_(0.0, 1.0)
+        views = views.view(n_views, k, *x.shape[1:]).transpose(0, 1)  # [k, m, C, H, W]
+        return views.mul(2.0).sub_(1.0).contiguous()
+
+
+#: kornia parameters that are not per sample: the shape the op was called on, and ColorJitter's op order
+_SHARED_PARAMS = {"order"}
+
+
+def _ops(pipeline: nn.Module) -> list[nn.Module]:
+    if isinstance(pipeline, nn.Identity):
+        return []
+    if not isinstance(pipeline, nn.Sequential):
+        raise TypeError(f"views of selected rows need an nn.Sequential of kornia ops, got {type(pipeline).__name__}")
+    return list(pipeline)
+
+
+def _params_of_rows(params: dict, rows: torch.Tensor, batch: int, local_shape: torch.Size) -> dict:
+    """The per-sample kornia parameters ``params`` of a ``batch``-row call, restricted to ``rows``."""
+    selected = {}
+    for key, value in params.items():
+        if key == "forward_input_shape":
+            selected[key] = torch.tensor(tuple(local_shape), dtype=value.dtype, device=value.device)
+        elif key in _SHARED_PARAMS:
+            selected[key] = value
+        elif isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == batch:
+            selected[key] = value[rows.to(value.device)]
+        else:
+            raise TypeError(f"kornia parameter {key!r} of shape {tuple(getattr(value, 'shape', ()))} is not per "
+                            f"sample ({batch} rows); views of selected rows cannot be drawn for this pipeline")
+    return selected
 
 
 def step_seed(seed: int, epoch: int, step: int, stream: int = 0) -> int:

@@ -23,20 +23,44 @@ class TaskSplit:
     support_idx:   [N, m']     per image, which of its m views are support views
     query_idx:     [N, m - m'] per image, the remaining (query) views
     n_kept:        images used (N minus the remainder that K does not divide)
+    total_tasks:   K of the whole batch when this split holds only one process's share of the tasks
+                   (``tc2ssl.distributed``); None = all of them are here
     """
 
     groups: torch.Tensor
     support_idx: torch.Tensor
     query_idx: torch.Tensor
     n_kept: int
+    total_tasks: int | None = None
 
     @property
     def n_tasks(self) -> int:
         return self.groups.shape[0]
 
     @property
+    def n_tasks_total(self) -> int:
+        """K of the whole batch (the 1/K of Eq. 7), whatever share of the tasks this split holds."""
+        return self.total_tasks if self.total_tasks is not None else self.n_tasks
+
+    @property
     def task_size(self) -> int:
         return self.groups.shape[1]
+
+    def to(self, device: torch.device | str) -> "TaskSplit":
+        """The split with its index tensors on ``device``, copied once per step so that no indexing op in the step
+        copies CPU indices to the device again (each such copy is a host-device synchronisation on CUDA).
+        From CPU to CUDA the copy is asynchronous: the indices are pinned first."""
+        device = torch.device(device)
+        if self.groups.device == device:
+            return self
+        if device.type == "cuda":
+            def move(t: torch.Tensor) -> torch.Tensor:
+                return t.pin_memory().to(device, non_blocking=True)
+        else:
+            def move(t: torch.Tensor) -> torch.Tensor:
+                return t.to(device)
+        return TaskSplit(groups=move(self.groups), support_idx=move(self.support_idx),
+                         query_idx=move(self.query_idx), n_kept=self.n_kept, total_tasks=self.total_tasks)
 
     def support_views(self, views: torch.Tensor, task: int) -> torch.Tensor:
         """views [N, m, ...] -> the support views of task ``task``: [n, m', ...]."""

@@ -33,6 +33,13 @@ exactly.
 
 The losses must be deterministic functions of the parameters: the finite-difference probes re-evaluate L_in
 on the same data and augmentations, and must not update module state, hence :func:`cloned_buffers`.
+
+**Sharing the first inner forward.** A caller that needs the encoder's forward at θ anyway (TC² computes the
+support representations at θ once, uses them detached for its batch statistics and with their graph for Eq. 6)
+passes ``first_inner_loss`` = L_in(θ) already evaluated on leaves it made with :func:`detached_leaves`, and those
+leaves as ``params``. The engine then takes the first inner gradient from that graph instead of calling
+``inner_loss_fn(θ)``; later inner steps and the finite-difference probes still call ``inner_loss_fn``. The result
+is the same as without the argument (up to float rounding), and nothing is written to any tensor either way.
 """
 from __future__ import annotations
 
@@ -109,6 +116,23 @@ def _leaves(params: Params) -> Params:
     return {name: p.detach().requires_grad_(True) for name, p in params.items()}
 
 
+def detached_leaves(params: Params) -> Params:
+    """Detached aliases of ``params`` that require grad (no copy of the data): the θ on which a caller evaluates a
+    ``first_inner_loss`` for :func:`hypergradient`, so that no graph reaches the live parameters."""
+    _check_params(params)
+    return _leaves(params)
+
+
+def _check_first_inner_loss(loss: torch.Tensor, params: Params) -> None:
+    _check_scalar(loss)
+    not_leaves = sorted(n for n, p in params.items() if not (p.is_leaf and p.requires_grad))
+    if not_leaves:
+        raise ValueError("with first_inner_loss, params must be the leaves the loss was computed from (see "
+                         f"detached_leaves); these are not leaves that require grad: {not_leaves}")
+    if not loss.requires_grad:
+        raise ValueError("first_inner_loss has no graph: evaluate it on params (detached_leaves) with grad enabled")
+
+
 def grad_dict(loss: torch.Tensor, params: Params, create_graph: bool = False, allow_unused: bool = True) -> Params:
     """∇ loss w.r.t. every tensor of ``params``; zeros for tensors the loss does not depend on.
 
@@ -132,18 +156,21 @@ def sgd_step(params: Params, grads: Params, lr: float) -> Params:
     return {name: p - lr * grads[name] for name, p in params.items()}
 
 
-def _unroll(inner_loss_fn: LossFn, params: Params, lr: float, steps: int,
-            create_graph: bool) -> tuple[list[Params], list[torch.Tensor], Params]:
-    """The trajectory φ_0 = params, …, φ_steps of plain inner steps, L_in(φ_k) for k < steps, and ∇L_in(φ_0)."""
+def _unroll(inner_loss_fn: LossFn, params: Params, lr: float, steps: int, create_graph: bool,
+            first_loss: torch.Tensor | None = None) -> tuple[list[Params], list[torch.Tensor], Params]:
+    """The trajectory φ_0 = params, …, φ_steps of plain inner steps, L_in(φ_k) for k < steps, and ∇L_in(φ_0).
+
+    ``first_loss``: L_in(φ_0) already evaluated on ``params`` (leaves), used instead of calling ``inner_loss_fn``.
+    """
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"inner steps must be an integer >= 1, got {steps!r}")
     if not math.isfinite(lr):
         raise ConfigError(f"inner learning rate must be finite, got {lr!r}")
     _check_params(params)
-    current = params if create_graph else _leaves(params)
+    current = params if create_graph or first_loss is not None else _leaves(params)
     trajectory, losses, first_grads = [current], [], {}
     for step in range(steps):
-        loss = inner_loss_fn(current)
+        loss = first_loss if step == 0 and first_loss is not None else inner_loss_fn(current)
         grads = grad_dict(loss, current, create_graph=create_graph)
         if step == 0:
             first_grads = {n: g.detach() for n, g in grads.items()}
@@ -189,20 +216,31 @@ def hessian_vector_product_fd(loss_fn: LossFn, params: Params, vector: Params, r
 
 
 def hypergradient(outer_loss_fn: LossFn, inner_loss_fn: LossFn, params: Params, lr: float,
-                  mode: str = "first_order", fd_radius: float = 1e-2, steps: int = 1) -> HypergradResult:
+                  mode: str = "first_order", fd_radius: float = 1e-2, steps: int = 1,
+                  first_inner_loss: torch.Tensor | None = None) -> HypergradResult:
     """d/dθ L_out(φ_K(θ)) where φ_K is ``steps`` inner SGD steps of size ``lr`` on L_in from θ = ``params``.
 
     ``mode``: ``"first_order"`` (FOMAML, g = ∇L_out(φ_K)), ``"finite_difference"`` (unrolled AID-FD, SPEC (S5),
     radius ``fd_radius``) or ``"exact"`` (autograd through the unroll). See the module docstring for how they
     relate to TC² Eqs. 6–7. ``params`` is only read: the result is detached and no ``.grad`` is written.
+
+    ``first_inner_loss``: L_in(θ) already evaluated by the caller on ``params``, which must then be leaves that
+    require grad (:func:`detached_leaves`); it replaces the engine's own first call of ``inner_loss_fn`` (a shared
+    forward, see the module docstring). In ``"exact"`` mode its graph must be differentiable twice, as usual.
     """
     if mode not in HYPERGRADIENT_MODES:
         raise ConfigError(f"hypergradient mode must be one of {HYPERGRADIENT_MODES}, got {mode!r}")
     if mode == "finite_difference" and not fd_radius > 0:
         raise ConfigError(f"finite-difference radius must be > 0, got {fd_radius!r}")
-    theta = _leaves(params)
+    if first_inner_loss is not None:
+        _check_params(params)
+        _check_first_inner_loss(first_inner_loss, params)
+        theta = params                                    # the caller's leaves: its loss graph ends on them
+    else:
+        theta = _leaves(params)
     exact = mode == "exact"
-    trajectory, inner_losses, inner_grads = _unroll(inner_loss_fn, theta, lr, steps, create_graph=exact)
+    trajectory, inner_losses, inner_grads = _unroll(inner_loss_fn, theta, lr, steps, create_graph=exact,
+                                                    first_loss=first_inner_loss)
     adapted = trajectory[-1]
     outer_loss = outer_loss_fn(adapted)
     if exact:

@@ -24,6 +24,7 @@ from tc2ssl.methods.base import METHODS, LossContext, SSLMethod, check_views
 class BarlowTwins(SSLMethod):
     name = "barlow_twins"
     cosine_based = False
+    needs_more_images_than_dims = True
     min_support_views = 2
 
     def __init__(self, backbone, cfg):

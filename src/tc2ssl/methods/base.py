@@ -70,6 +70,9 @@ class SSLMethod(nn.Module):
     min_support_views: int = 2
     #: generative (masked-reconstruction) methods build TC² tasks from masks: see ``task_views`` (SPEC §3.2 G-SSL)
     generative: bool = False
+    #: the loss whitens a d-dim embedding over the images it sees (Barlow Twins' cross-correlation, VICReg's
+    #: covariance): rank <= images, so a TC² task of n <= d images cannot reach its optimum (docs/results.md §5)
+    needs_more_images_than_dims: bool = False
 
     def __init__(self, backbone: Backbone, cfg):
         super().__init__()

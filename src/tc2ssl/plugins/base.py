@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from tc2ssl.distributed import SINGLE_PROCESS, DistributedContext
 from tc2ssl.registry import Registry
 
 PLUGINS: Registry[Callable] = Registry("plug-in", "plugin.name")
@@ -28,6 +29,9 @@ class StepInfo:
 class Plugin(nn.Module):
     #: views per image the plug-in needs from the augmentation
     n_views: int = 2
+    #: the processes a step is spread over (set by the training loop when train.devices > 1); a plug-in takes
+    #: the whole batch in ``training_step`` and works on this process's share of it (tc2ssl.distributed)
+    distributed: DistributedContext = SINGLE_PROCESS
 
     def __init__(self, cfg, method, view_maker):
         super().__init__()
@@ -38,7 +42,10 @@ class Plugin(nn.Module):
         self.view_maker = view_maker
 
     def training_step(self, images: torch.Tensor, info: StepInfo) -> dict[str, torch.Tensor]:
-        """Set ``.grad`` on ``method.online_parameters()``; return metrics (0-dim tensors, ``loss`` required)."""
+        """Set ``.grad`` on ``method.online_parameters()``; return metrics (0-dim tensors, ``loss`` required).
+
+        With several processes (``self.distributed.active``) every process gets the whole batch, works on its
+        share and leaves its share of the whole-batch gradient in ``.grad``; the loop sums the shares."""
         raise NotImplementedError
 
     def extra_state(self) -> dict:

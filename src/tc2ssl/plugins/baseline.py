@@ -26,6 +26,8 @@ class Baseline(Plugin):
         self.conflict = ConflictTracker()
 
     def training_step(self, images: torch.Tensor, info: StepInfo) -> dict[str, torch.Tensor]:
+        if self.distributed.active:
+            return self._distributed_training_step(images, info)
         views = self.view_maker(images, 2, info.seed)
         loss, z = self.method.training_loss(views)
         metrics = {"loss": loss.detach()}
@@ -35,7 +37,26 @@ class Baseline(Plugin):
         loss.backward()
         return metrics
 
-    def _conflict(self, z: torch.Tensor, views: torch.Tensor, info: StepInfo) -> dict[str, torch.Tensor]:
+    def _distributed_training_step(self, images: torch.Tensor, info: StepInfo) -> dict[str, torch.Tensor]:
+        """This process's share of the whole-batch step (tc2ssl.distributed): the views of its block of images,
+        embedded with BatchNorm over the whole batch, the embeddings of all processes gathered, the method's loss
+        on the whole batch (the same number in every process), and 1/W of its gradient back-propagated (the
+        gather's backward sums over processes, the loop sums the parameter gradients)."""
+        dist = self.distributed
+        views = self.view_maker(images, 2, info.seed, rows=dist.image_rows(images.shape[0]))
+        n, v = views.shape[:2]
+        with dist.global_batch_norm(self.method):
+            z_local = self.method.embed(views.flatten(0, 1)).view(n, v, -1)
+        z = dist.gather_rows(z_local)                                               # [N, 2, d] in batch order
+        loss = self.method.baseline_loss(z, LossContext(update_state=True))
+        metrics = {"loss": loss.detach()}
+        every = self.cfg.conflict_every
+        if every and info.step % every == 0:
+            metrics.update(self._conflict(z, None, info))
+        (loss / dist.world_size).backward()
+        return metrics
+
+    def _conflict(self, z: torch.Tensor, views: torch.Tensor | None, info: StepInfo) -> dict[str, torch.Tensor]:
         names = conflict_parameter_names(self.method, self.cfg.conflict_params)
         params = dict(self.method.online_parameters())
         tensors = [params[n] for n in names]
@@ -43,12 +64,15 @@ class Baseline(Plugin):
         g = torch.Generator().manual_seed(info.seed ^ 0x5EED)
         n_keep = (z.shape[0] // k) * k
         parts = torch.randperm(z.shape[0], generator=g)[:n_keep].view(k, -1)
+        share = 1.0 / self.distributed.world_size     # with several processes: this process's share, then summed
         task_grads = []
         for part in parts:
-            part_loss = self.method.baseline_loss(z[part], LossContext(views=views[part]))
-            grads = torch.autograd.grad(part_loss, tensors, retain_graph=True, allow_unused=True)
-            task_grads.append({n: (gr if gr is not None else torch.zeros_like(t))
-                               for n, gr, t in zip(names, grads, tensors)})
+            part_loss = self.method.baseline_loss(z[part], LossContext(views=None if views is None else views[part]))
+            grads = torch.autograd.grad(part_loss * share if share != 1.0 else part_loss, tensors,
+                                        retain_graph=True, allow_unused=True)
+            grads = [gr if gr is not None else torch.zeros_like(t) for gr, t in zip(grads, tensors)]
+            self.distributed.all_reduce_sum_(grads)
+            task_grads.append(dict(zip(names, grads)))
         cos = task_gradient_cosines(task_grads)
         self.conflict.update(info.epoch, info.step, cos)
         return {"conflict/cos_mean": cos["mean"], "conflict/cos_min": cos["min"],

@@ -4,7 +4,9 @@ Per batch (SPEC §3.10):
 
 1. tasks: the batch is split into K tasks, each image has m views, m' to the support set and m - m' to the query
    set (``tc2ssl.data.tasks``).
-2. statistics: one no-grad forward of all N·m views at θ gives Z; S = [mean; covariance] (§3.3).
+2. statistics: one no-grad forward of all N·m views at θ gives Z; S = [mean; covariance] (§3.3). Where it is
+   exact (no batch-statistics BatchNorm; ``plugin.share_support_forward``), the support rows of Z come instead
+   from each task's support forward at θ, which stage 2 reuses with its graph for Eq. 6 (``statistics_forward``).
 3. stage 1 (Eqs. 4-5), encoder fixed: f_v (V = f_v(S)) and f_w (weights W = f_w(z, V)) take a support step on
    L̄^s = (1/K)Σ_k L_ssl^s(calibrated support of task k) + L_tc², then a query step on
    L̄^q = (1/K)Σ_k L_sse^q(calibrated query of task k) + L_tc² (Eq. 3 = Eq. 1 + λ_s·Eq. 2).
@@ -27,27 +29,52 @@ step seed, SPEC §3.5.3) and L_w the support (resp. query) token rows.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
 from tc2ssl.data.tasks import TaskSplit, build_tasks
 from tc2ssl.diagnostics.conflict import ConflictTracker, epoch_summary_dict, task_gradient_cosines
 from tc2ssl.errors import ConfigError
-from tc2ssl.meta.functional import assign_grads, grad_dict, hypergradient
+from tc2ssl.meta.functional import Params, assign_grads, detached_leaves, grad_dict, hypergradient
 from tc2ssl.methods.base import LossContext, sub_params
 from tc2ssl.plugins.base import PLUGINS, Plugin, StepInfo
+from tc2ssl.precision import at_least_float32, channels_last_views, encoder_input, float32_region
 from tc2ssl.tc2.factor_net import FactorNet
 from tc2ssl.tc2.health import health_metrics, health_warnings
 from tc2ssl.tc2.losses import loss_v, loss_w, proto_mse_loss
 from tc2ssl.tc2.stats import batch_statistics
 from tc2ssl.tc2.weight_net import WeightNet
+from tc2ssl.timing import SectionTimer, section
 
 #: S and L_v of token-level representations use at most this many token rows (SPEC §3.5.3)
 MAX_STATISTIC_TOKENS = 4096
 #: stream constants that derive the task split, the masks and the token subsample from the step seed
 _TASK_STREAM, _MASK_STREAM, _TOKEN_STREAM = 0x7A5C, 0x3D1F, 0x51E7
+
+
+@dataclass
+class SharedSupport:
+    """The support representations at θ computed once per step and used twice (``share_support_forward``):
+    detached, as the support rows of S (§3.3); with their graph on ``theta``, as the inner loss of Eq. 6.
+
+    theta:   detached leaves of θ (``detached_leaves``) the forwards ran on.
+    support: per task k, f_θ(support views of k) [n, m', d] (or [n, m', T, d]), with graph.
+    """
+
+    theta: Params
+    support: list[torch.Tensor]
+
+
+def batch_coupled_layers(module: nn.Module) -> list[str]:
+    """Names of the sub-modules whose output for one sample depends on the other samples of the call: BatchNorm
+    layers normalising with batch statistics (training mode, or no running statistics)."""
+    return [name for name, layer in module.named_modules()
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm)
+            and (layer.training or not layer.track_running_stats or layer.running_mean is None)]
 
 
 class TaskPlugin(Plugin):
@@ -86,6 +113,10 @@ class TaskPlugin(Plugin):
         self.conflict = ConflictTracker()
         self.inner_gain_hits = [0, 0]  # (tasks where the inner step lowered L_ssl^s, tasks measured) this epoch
         self.last_health: dict[str, torch.Tensor] = {}
+        self._warned_small_tasks = False
+        # train.channels_last: the loop lays the CUDA model out channels-last; the encoder inputs follow (CUDA only)
+        self.channels_last = bool(getattr(getattr(cfg, "train", None), "channels_last", False))
+        self.timer: SectionTimer | None = None  # set by benchmarks/throughput.py to time the parts of a step
 
     # ------------------------------------------------------------------ calibration (Eqs. 1-3)
     def calibrator_parameters(self) -> dict[str, torch.Tensor]:
@@ -175,7 +206,8 @@ class TaskPlugin(Plugin):
         stat_rows = None
         if z_all.dim() == 4 and zf.shape[0] > MAX_STATISTIC_TOKENS:                 # token rows: subsample
             generator = torch.Generator().manual_seed(seed ^ _TOKEN_STREAM)
-            stat_rows = torch.randperm(zf.shape[0], generator=generator)[:MAX_STATISTIC_TOKENS].to(zf.device)
+            stat_rows = torch.randperm(zf.shape[0], generator=generator)[:MAX_STATISTIC_TOKENS]
+            stat_rows = stat_rows.to(zf.device, non_blocking=True)
         z_stats = zf if stat_rows is None else zf[stat_rows]
         stats = batch_statistics(z_stats)
         rows = torch.arange(zf.shape[0], device=zf.device).view(n_img, m, -1)      # [N, m, rows per view]
@@ -188,31 +220,36 @@ class TaskPlugin(Plugin):
         s_idx, q_idx = split.support_idx.to(zf.device), split.query_idx.to(zf.device)
         task_views = views if self.generative else None   # masks and targets of the views for generative losses
 
+        support_only = self.bilevel                   # the support objective of the bi-level step needs no query rows
+        z_support_all = z_all[images, s_idx]                                        # [N, m', (T,) d]
+
         def task_losses(phi, which: str) -> torch.Tensor:
             basis = self.factors(stats, phi)
+            # calibration is row-wise: ONE f_w call over the rows of all K tasks, then each task takes its rows
+            if which == "support" and support_only:
+                zs_hat_all = self.calibrated(z_support_all.reshape(-1, d), basis, phi).view(z_support_all.shape)
+            else:
+                z_hat_all = self.calibrated(zf, basis, phi).view(z_all.shape)       # [N, m, (T,) d]
             losses = []
             for k in range(split.n_tasks):
                 members = groups[k]
-                zs = z_all[members[:, None], s_idx[members]]                        # [n, m', (T,) d]
-                zs_hat = self.calibrated(zs.reshape(-1, d), basis, phi).view(zs.shape)
                 xs = None if task_views is None else split.support_views(task_views, k)
                 ctx = LossContext(views=xs, calibrate=lambda z, b=basis, f=phi: self.calibrated(self.prep(z), b, f))
-                if which == "support" or not self.bilevel:
-                    if not self.bilevel:  # joint variant: the SSL loss over all views of the task
-                        zs = z_all[members]
-                        zs_hat = self.calibrated(zs.reshape(-1, d), basis, phi).view(zs.shape)
-                        ctx = LossContext(views=None if task_views is None else task_views[members],
-                                          calibrate=ctx.calibrate)
-                    losses.append(self.method.support_loss(zs_hat, ctx))
+                if which == "support" and support_only:
+                    losses.append(self.method.support_loss(zs_hat_all[members], ctx))    # [n, m', (T,) d]
+                elif not self.bilevel:            # joint variant: the SSL loss over all views of the task
+                    ctx = LossContext(views=None if task_views is None else task_views[members],
+                                      calibrate=ctx.calibrate)
+                    losses.append(self.method.support_loss(z_hat_all[members], ctx))
                 else:
-                    zq = z_all[members[:, None], q_idx[members]]                    # [n, m-m', (T,) d]
-                    zq_hat = self.calibrated(zq.reshape(-1, d), basis, phi).view(zq.shape)
+                    zs_hat = z_hat_all[members[:, None], s_idx[members]]                # [n, m', (T,) d]
+                    zq_hat = z_hat_all[members[:, None], q_idx[members]]                # [n, m-m', (T,) d]
                     xq = None if task_views is None else split.query_views(task_views, k)
                     losses.append(self._query_loss(zq_hat, zs_hat, None, xs, xq, ctx.calibrate))
             ssl = torch.stack(losses).mean()                                        # (1/K)Σ_k in Eqs. 4-5
             tc2, lv, lw = self.loss_tc2(zf, basis, support_rows if which == "support" else query_rows, phi,
                                         lv_rows=stat_rows)
-            return ssl + tc2, (ssl.detach(), lv.detach(), lw.detach())
+            return p.stage1_ssl_weight * ssl + tc2, (ssl.detach(), lv.detach(), lw.detach())
 
         phi = self.calibrator_parameters()
         names = list(phi)
@@ -278,7 +315,12 @@ class TaskPlugin(Plugin):
 
     # ------------------------------------------------------------------ stage 2 (Eqs. 6-7)
     def stage2(self, views: torch.Tensor, split: TaskSplit, basis: torch.Tensor | None,
-               info: StepInfo) -> dict[str, torch.Tensor]:
+               info: StepInfo, shared: SharedSupport | None = None) -> dict[str, torch.Tensor]:
+        """Set the encoder's meta-gradient (Eq. 7) on ``method.online_parameters()``.
+
+        shared: the support representations at θ from the statistics forward (``share_support_forward``), with
+        their graph on ``shared.theta``; the inner loss of Eq. 6 is then built on them instead of a new forward.
+        """
         p = self.cfg
         method = self.method
         theta = method.online_parameters()
@@ -294,11 +336,15 @@ class TaskPlugin(Plugin):
             def cal(z):
                 return z
 
+        def calibrated_views(z):                               # z [n, v, d] (or [n, v, T, d]) -> ẑ, same shape
+            return cal(z.reshape(-1, d)).view(z.shape)
+
         def embed_views(params, x):                            # x [n, v, ...] -> ẑ [n, v, d] (or [n, v, T, d])
             n, v = x.shape[:2]
-            z = method.embed(x.flatten(0, 1), params)
-            return cal(z.reshape(-1, d)).view(n, v, *z.shape[1:])
+            z = method.embed(self._encoder_input(x.flatten(0, 1)), params)
+            return calibrated_views(z.view(n, v, *z.shape[1:]))
 
+        health_step = info.step % max(1, p.health_every) == 0
         meta_grads: dict | None = None
         task_support_grads = []
         inner_losses, query_losses = [], []
@@ -318,24 +364,34 @@ class TaskPlugin(Plugin):
                 ctx = LossContext(params=params, views=xs, calibrate=cal)
                 return method.support_loss(embed_views(params, xs), ctx)
 
-            def outer_loss(params, xs=xs, xq=xq):                                   # L_sse^q summand of Eq. (7)
+            at_adapted = {}
+
+            def outer_loss(params, xs=xs, xq=xq, at_adapted=at_adapted):            # L_sse^q summand of Eq. (7)
                 with torch.no_grad():
                     z_support = embed_views(params, xs)                             # anchors at θ^k (stop-grad)
+                at_adapted["z_support"] = z_support                                 # reused by the R8 check below
                 return self._query_loss(embed_views(params, xq), z_support, params, xs, xq, cal)
 
-            result = hypergradient(outer_loss, inner_loss, theta, lr=p.beta1, mode=p.stage2_mode,
-                                   fd_radius=p.fd_radius)
+            if shared is not None:                       # Eq. (6) objective on the shared forward at θ
+                first = method.support_loss(calibrated_views(shared.support[k]),
+                                            LossContext(params=shared.theta, views=xs, calibrate=cal))
+                result = hypergradient(outer_loss, inner_loss, shared.theta, lr=p.beta1, mode=p.stage2_mode,
+                                       fd_radius=p.fd_radius, first_inner_loss=first)
+            else:
+                result = hypergradient(outer_loss, inner_loss, theta, lr=p.beta1, mode=p.stage2_mode,
+                                       fd_radius=p.fd_radius)
             task_support_grads.append(result.inner_grads)
             inner_losses.append(result.inner_losses[0].detach())
             query_losses.append(result.outer_loss.detach())
             meta_grads = _accumulate(meta_grads, result.grads)
-            if info.step % max(1, p.health_every) == 0:                             # R8: does the inner step help?
-                with torch.no_grad():
-                    after = inner_loss(result.adapted)
-                self.inner_gain_hits[0] += int(after < result.inner_losses[0])
-                self.inner_gain_hits[1] += 1
+            if health_step:                              # R8: does the inner step help? L_ssl^s(θ^k) < L_ssl^s(θ)
+                with torch.no_grad():                    # on the support embeddings at θ^k the anchors used
+                    after = method.support_loss(at_adapted["z_support"],
+                                                LossContext(params=result.adapted, views=xs, calibrate=cal))
+                self.inner_gain_hits[0] = self.inner_gain_hits[0] + (after < result.inner_losses[0]).long()
+                self.inner_gain_hits[1] += 1             # a tensor sum: no host sync in the step
 
-        scale = 1.0 / split.n_tasks if p.task_reduction == "mean" else 1.0         # Eq. (7): Σ_k (or mean)
+        scale = 1.0 / split.n_tasks_total if p.task_reduction == "mean" else 1.0   # Eq. (7): Σ_k (or mean)
         assign_grads(theta, {k: g * scale for k, g in meta_grads.items()})
         if self.use_calibration:
             for t in self.calibrator_parameters().values():
@@ -346,7 +402,8 @@ class TaskPlugin(Plugin):
             metrics["tc2/stage2_ssl_support"] = torch.stack(inner_losses).mean()
         if p.conflict_every and info.step % p.conflict_every == 0:
             names = list(theta) if p.conflict_params == "all" else method.backbone_parameter_names()
-            cos = task_gradient_cosines([{n: g[n] for n in names} for g in task_support_grads])
+            cos = task_gradient_cosines(self.distributed.gather_task_gradients(     # all K tasks' gradients
+                [{n: g[n] for n in names} for g in task_support_grads]))
             self.conflict.update(info.epoch, info.step, cos)
             metrics.update({"conflict/cos_mean": cos["mean"], "conflict/cos_min": cos["min"],
                             "conflict/frac_negative": cos["frac_negative"]})
@@ -363,34 +420,105 @@ class TaskPlugin(Plugin):
             warnings.warn(f"batch size {images.shape[0]} is not divisible by plugin.n_tasks={p.n_tasks}: dropping "
                           f"the last {rest} image(s) of the batch", stacklevel=2)
             images = images[: images.shape[0] - rest]
-        views = self.make_views(images, info.seed)                                  # [N, m, ...]
         task_gen = torch.Generator().manual_seed(info.seed ^ _TASK_STREAM)
         split = build_tasks(images.shape[0], p.n_tasks, p.n_views, p.n_support_views, task_gen,
                             remainder=p.remainder, min_support=self.method.min_support_views)
+        self._warn_small_tasks(images.shape[0] // p.n_tasks)
+        shard = self.distributed.task_shard(split)          # this process's tasks and images (one process: all)
+        split, local_split = split.to(images.device), shard.split.to(images.device)
+        with section(self.timer, "augmentation"):
+            views = self.make_views(images, info.seed, rows=shard.images)           # [n, m, ...] of shard.images
         metrics: dict[str, torch.Tensor] = {}
-        basis = None
+        basis, shared = None, None
         if self.use_calibration:
-            with torch.no_grad():                                                   # stage-1 statistics at θ
-                z = self.method.embed(views.flatten(0, 1))
-                z = z.view(images.shape[0], p.n_views, *z.shape[1:])
+            with section(self.timer, "statistics_forward"), self.distributed.global_batch_norm(self.method):
+                z, shared = self.statistics_forward(views, local_split)             # Z at θ for S (§3.3)
+                z = shard.gather_images(z)                                          # all N images, batch order
+            with section(self.timer, "stage1"), float32_region(z.device):           # S, f_v, f_w, L_v in fp32
+                z = at_least_float32(z)
                 self.set_scale(z)
                 z = self.prep(z)
-            basis, stage1_metrics, zf, stats = self.stage1(z, split, views, seed=info.seed)
+                basis, stage1_metrics, zf, stats = self.stage1(z, split, views, seed=info.seed)
             metrics.update(stage1_metrics)
             if info.step % p.health_every == 0:
-                self.last_health = self._health(basis, zf, split)
+                with section(self.timer, "health"), float32_region(z.device):
+                    self.last_health = self._health(basis, zf, split)
                 metrics.update(self.last_health)
-        metrics.update(self.stage2(views, split, basis, info))
+        with section(self.timer, "stage2"):
+            metrics.update(self.stage2(views, local_split, basis, info, shared=shared))
         metrics["loss"] = metrics["tc2/stage2_sse_query"]
         return metrics
 
-    def make_views(self, images: torch.Tensor, seed: int):
+    def shares_support_forward(self) -> bool:
+        """Whether this step takes S's support rows from the stage-2 support forward (``share_support_forward``).
+
+        It is exact only when the encoder treats samples independently: a BatchNorm that normalises with batch
+        statistics makes a view's representation depend on the other views of its forward call, and the statistics
+        forward (all N·m views, SPEC §3.10) and the inner forward (task k's support views only, AMB-TC-22) then
+        see different batches. ``auto`` shares only where no such layer is active; ``always`` shares anyway (S
+        then holds the support views under task-level BN statistics; docs/performance.md); ``never`` never shares.
+        """
+        mode = self.cfg.share_support_forward
+        if not (self.use_calibration and self.bilevel) or mode == "never":
+            return False
+        return mode == "always" or not batch_coupled_layers(self.method)
+
+    def statistics_forward(self, views, split: TaskSplit) -> tuple[torch.Tensor, SharedSupport | None]:
+        """Z at θ for the batch statistics, [N, m, d] (or [N, m, T, d]), detached; and the shared support forward.
+
+        Not shared: ONE no-grad forward of all N·m views (SPEC §3.10). Shared: each task's support views are
+        embedded once WITH graph on detached leaves θ (task-level batches, as stage 2's inner forward, Eq. 6) and
+        their detached rows go into Z; the query views get one no-grad forward. Either way every row of Z is a
+        representation at θ.
+        """
+        method, m = self.method, self.n_views
+        n_img = split.n_kept
+        if not self.shares_support_forward():
+            with torch.no_grad():
+                z = method.embed(self._encoder_input(views.flatten(0, 1)))
+            return z.view(n_img, m, *z.shape[1:]), None
+        theta = detached_leaves(method.online_parameters())
+        support = []
+        for k in range(split.n_tasks):
+            xs = split.support_views(views, k)                                      # [n, m', ...]
+            zs = method.embed(self._encoder_input(xs.flatten(0, 1)), theta)
+            support.append(zs.view(*xs.shape[:2], *zs.shape[1:]))
+        images = torch.arange(n_img, device=split.query_idx.device)[:, None]
+        query_views = views[images, split.query_idx]                                # [N, m-m', ...]
+        with torch.no_grad():
+            zq = method.embed(self._encoder_input(query_views.flatten(0, 1)))
+        z = zq.new_empty(n_img, m, *zq.shape[1:])
+        z[images, split.query_idx] = zq.view(n_img, m - split.support_idx.shape[1], *zq.shape[1:])
+        for k, zs in enumerate(support):
+            members = split.groups[k]
+            z[members[:, None], split.support_idx[members]] = zs.detach().to(z.dtype)
+        return z, SharedSupport(theta=theta, support=support)
+
+    def _encoder_input(self, x):
+        return encoder_input(x, self.channels_last and getattr(x, "is_cuda", False))
+
+    def _warn_small_tasks(self, images_per_task: int) -> None:
+        """Once per run: a whitening loss (Barlow Twins, VICReg) on tasks of n <= d images has a rank-deficient
+        target, and measured on digits it trains a poor encoder (docs/results.md §5)."""
+        dim = self.method.embed_dim
+        if self.method.needs_more_images_than_dims and images_per_task <= dim and not self._warned_small_tasks:
+            self._warned_small_tasks = True
+            warnings.warn(f"{self.method.name}'s loss whitens its {dim}-dim embedding over each task's "
+                          f"{images_per_task} images, a rank-deficient target (n <= d): raise train.batch_size, "
+                          f"lower plugin.n_tasks or lower method.proj_output_dim so that batch / n_tasks > {dim}",
+                          stacklevel=3)
+
+    def make_views(self, images: torch.Tensor, seed: int, rows: torch.Tensor | None = None):
         """The m views per image of one step: m augmented views [N, m, C, H, W], or, for a generative method, one
-        augmented view per image turned into m masked views by ``method.task_views`` (SPEC §3.2 G-SSL)."""
-        if not self.generative:
-            return self.view_maker(images, self.n_views, seed)
-        one_view = self.view_maker(images, 1, seed)[:, 0]
-        return self.method.task_views(one_view, self.n_views, torch.Generator().manual_seed(seed ^ _MASK_STREAM))
+        augmented view per image turned into m masked views by ``method.task_views`` (SPEC §3.2 G-SSL).
+        Augmentation runs in float32 even under autocast."""
+        with float32_region(images.device):
+            if not self.generative:
+                return channels_last_views(self.view_maker(images, self.n_views, seed, rows=rows),
+                                           self.channels_last and images.is_cuda)
+            one_view = self.view_maker(images, 1, seed)[:, 0]
+            return self.method.task_views(one_view, self.n_views,
+                                          torch.Generator().manual_seed(seed ^ _MASK_STREAM))
 
     def _health(self, basis, zf, split) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -401,7 +529,8 @@ class TaskPlugin(Plugin):
     # ------------------------------------------------------------------ bookkeeping
     def epoch_summary(self, epoch: int) -> dict[str, float]:
         summary = dict(epoch_summary_dict(self.conflict))
-        hits, total = self.inner_gain_hits
+        hits, total = int(self.inner_gain_hits[0]), self.inner_gain_hits[1]   # the epoch's one host sync for R8
+        hits, total = self.distributed.sum_counts([hits, total])             # over all processes' tasks
         if total:
             summary["tc2/inner_gain_rate"] = hits / total
             if hits / total < 0.8:

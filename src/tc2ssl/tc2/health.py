@@ -63,9 +63,16 @@ def health_metrics(basis: torch.Tensor, zf: torch.Tensor, weight_net: WeightNet,
             "lv_ratio": (lv_value.detach() + eps) / (optimum + eps),
             "gate_sparsity": sparsity,
             "cal_norm_ratio": norm_ratio,
-            "v_sigma_min": (torch.linalg.svdvals(basis.float()).min() if bool(torch.isfinite(basis).all())
-                        else basis.new_tensor(float("nan"))),
+            "v_sigma_min": _finite_or_nan_sigma_min(basis.float()),
         }
+
+
+def _finite_or_nan_sigma_min(basis: torch.Tensor) -> torch.Tensor:
+    """The smallest singular value of V, NaN when V is not finite, without a host sync (no ``bool(tensor)``):
+    the SVD runs on V with non-finite entries zeroed (LAPACK may fail on NaN input) and the result is masked."""
+    finite = torch.isfinite(basis).all()
+    sigma = torch.linalg.svdvals(torch.where(finite, basis, torch.zeros_like(basis))).min()
+    return torch.where(finite, sigma, torch.full_like(sigma, float("nan")))
 
 
 def _fmt(value: float | None) -> str:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tc2ssl.errors import ConfigError
+from tc2ssl.precision import float32_region
 
 REDUCTIONS = ("mean", "sum")
 
@@ -60,18 +61,19 @@ def loss_v(basis: torch.Tensor, zf: torch.Tensor, reduction: str = "mean") -> to
     Args:
         basis: V [d, n_f].
         zf: Z_f [R, d], all view representations of the batch.
-    Computed in at least float32 (half-precision inputs are cast up).
+    Computed in at least float32 (half-precision inputs are cast up, autocast is off inside).
     """
     _check_reduction(reduction)
     if zf.dim() != 2:
         raise ValueError(f"Zf must be [rows, d], got shape {tuple(zf.shape)}")
     _check_basis(basis, zf.shape[1])
-    basis, zf = _at_least_float32(basis, zf)
-    orthogonality = orthogonality_residual(basis).square().sum()
-    reconstruction = (zf - (zf @ basis) @ basis.T).square().sum()     # Eq. (1), second term
-    if reduction == "mean":
-        reconstruction = reconstruction / zf.shape[0]
-    return orthogonality + reconstruction
+    with float32_region(zf.device):                                   # autocast would cast the matmuls down
+        basis, zf = _at_least_float32(basis, zf)
+        orthogonality = orthogonality_residual(basis).square().sum()
+        reconstruction = (zf - (zf @ basis) @ basis.T).square().sum()  # Eq. (1), second term
+        if reduction == "mean":
+            reconstruction = reconstruction / zf.shape[0]
+        return orthogonality + reconstruction
 
 
 def loss_v_optimum(zf: torch.Tensor, n_factors: int, reduction: str = "mean") -> torch.Tensor:
@@ -83,7 +85,8 @@ def loss_v_optimum(zf: torch.Tensor, n_factors: int, reduction: str = "mean") ->
     if not 1 <= n_factors <= zf.shape[1]:
         raise ConfigError(f"n_factors must be in [1, d={zf.shape[1]}], got {n_factors}")
     (zf,) = _at_least_float32(zf)
-    singular_values = torch.linalg.svdvals(zf)                         # descending; λ_i(ZᵀZ) = s_i²
+    with float32_region(zf.device):
+        singular_values = torch.linalg.svdvals(zf)                     # descending; λ_i(ZᵀZ) = s_i²
     optimum = singular_values[n_factors:].square().sum()
     return optimum / zf.shape[0] if reduction == "mean" else optimum
 
@@ -106,9 +109,10 @@ def loss_w(z: torch.Tensor, weights: torch.Tensor, basis: torch.Tensor, l1_coef:
     _check_basis(basis, z.shape[1])
     if weights.shape != (z.shape[0], basis.shape[1]):
         raise ValueError(f"W must be [R, n_f] = [{z.shape[0]}, {basis.shape[1]}], got shape {tuple(weights.shape)}")
-    z, weights, basis = _at_least_float32(z, weights, basis)
-    per_row = (z - weights @ basis.T).square().sum(-1) + l1_coef * weights.abs().sum(-1)   # Eq. (2) summand
-    return per_row.mean() if reduction == "mean" else per_row.sum()
+    with float32_region(z.device):
+        z, weights, basis = _at_least_float32(z, weights, basis)
+        per_row = (z - weights @ basis.T).square().sum(-1) + l1_coef * weights.abs().sum(-1)  # Eq. (2) summand
+        return per_row.mean() if reduction == "mean" else per_row.sum()
 
 
 def loss_tc2(lv: torch.Tensor, lw: torch.Tensor, lam_s: float) -> torch.Tensor:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tc2ssl.precision import at_least_float32, float32_region
+
 
 def normalize_rows(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """ℓ2-normalise every row of ``z`` [R, d] (``input_norm="l2"``, SPEC §3.5.3); zero rows stay zero."""
@@ -21,12 +23,13 @@ def batch_statistics(zf: torch.Tensor) -> torch.Tensor:
     """S = concat(μᵀ, Σ) [(d+1), d] of the rows of ``zf`` [R, d].
 
     μ = mean of the rows, Σ = (Z_f − μ)ᵀ(Z_f − μ) / R (the biased estimator, SPEC §3.3 [CHOICE]).
-    Computed in at least float32 (SPEC §3.15: half-precision statistics are a source of NaNs).
+    Computed in at least float32 (SPEC §3.15: half-precision statistics are a source of NaNs), autocast off.
     """
     if zf.dim() != 2 or zf.shape[0] < 1 or zf.shape[1] < 1:
         raise ValueError(f"Zf must be [rows, dim] with rows, dim >= 1, got shape {tuple(zf.shape)}")
-    zf = zf.to(torch.promote_types(zf.dtype, torch.float32))
-    mean = zf.mean(dim=0)                                      # [d]
-    centred = zf - mean
-    covariance = centred.T @ centred / zf.shape[0]             # [d, d]
-    return torch.cat([mean[None, :], covariance], dim=0)       # [(d+1), d]
+    with float32_region(zf.device):
+        zf = at_least_float32(zf)
+        mean = zf.mean(dim=0)                                  # [d]
+        centred = zf - mean
+        covariance = centred.T @ centred / zf.shape[0]         # [d, d]
+        return torch.cat([mean[None, :], covariance], dim=0)   # [(d+1), d]

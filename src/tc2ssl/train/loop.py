@@ -1,15 +1,20 @@
-"""The pretraining loop (Lightning Fabric for devices and precision).
+"""The pretraining loop (Lightning Fabric for devices, processes and precision).
 
 Per step: views and the TC² task split come from seeds derived from (run seed, epoch, step), and the image order of
 an epoch from (run seed, epoch), so a run resumed from its last epoch checkpoint replays exactly what an
 uninterrupted run does. A checkpoint is written atomically at the end of every epoch; a non-finite loss stops the run
 with a clear message and leaves the last good checkpoint in place.
+
+With ``train.devices`` = W > 1, Fabric launches W processes; ``train.batch_size`` is the global batch, every
+process reads the same batch and the plug-in works on its share of it (``tc2ssl.distributed``); the loop sums the
+gradient shares, averages the metrics, and only rank 0 writes the run folder.
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +24,9 @@ from tc2ssl import config as config_mod
 from tc2ssl.data import load_data
 from tc2ssl.data.augment import ViewMaker, auto_preset, seeded, step_seed
 from tc2ssl.data.base import DataSplits
-from tc2ssl.errors import CheckpointError, ConfigError, TrainingError
+from tc2ssl import errors as errors_mod
+from tc2ssl.distributed import SINGLE_PROCESS, DistributedContext, launch_strategy
+from tc2ssl.errors import CheckpointError, ConfigError, TC2SSLError, TrainingError
 from tc2ssl.methods import build_method
 from tc2ssl.models import build_backbone
 from tc2ssl.plugins import build_plugin
@@ -29,7 +36,10 @@ from tc2ssl.train.checkpoint import (CHECKPOINT_NAME, atomic_write_text, export_
 from tc2ssl.train.schedule import build_optimizer, build_scheduler
 
 # keys that may differ between the run that wrote a checkpoint and the run that resumes it
-RESUME_FREE_KEYS = {"train.resume", "train.progress", "train.max_steps", "train.log_every", "train.threads", "eval", "out"}
+RESUME_FREE_KEYS = {"train.resume", "train.progress", "train.max_steps", "train.log_every", "train.threads", "eval",
+                    "out",
+                    # the global batch makes a run independent of the number of processes (tc2ssl.distributed)
+                    "train.devices", "train.strategy"}
 
 
 @dataclass
@@ -46,13 +56,19 @@ class Run:
 
 
 def build_fabric(train_cfg):
+    """The Fabric of ``train.*``. One device: no processes are launched (``train.strategy`` is not used); several:
+    ``launch_strategy`` (``auto`` = ``ddp_spawn``)."""
     from lightning.fabric import Fabric
 
     accelerator = "cuda" if train_cfg.accelerator == "gpu" else train_cfg.accelerator
     if accelerator == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.accelerator=gpu but no CUDA device is available; use train.accelerator=cpu")
-    return Fabric(accelerator=accelerator, devices=train_cfg.devices, strategy=train_cfg.strategy,
-                  precision=train_cfg.precision)
+    devices = train_cfg.devices
+    if devices > 1 and accelerator in ("cuda", "auto") and torch.cuda.is_available() \
+            and devices > torch.cuda.device_count():
+        raise ConfigError(f"train.devices={devices} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    strategy = launch_strategy(train_cfg) if devices > 1 else "auto"
+    return Fabric(accelerator=accelerator, devices=devices, strategy=strategy, precision=train_cfg.precision)
 
 
 def build_run(cfg: config_mod.RunConfig, data: DataSplits | None = None, fabric=None) -> Run:
@@ -74,6 +90,10 @@ def build_run(cfg: config_mod.RunConfig, data: DataSplits | None = None, fabric=
     view_maker = ViewMaker(preset, train.resolution, train.channels)
     plugin = build_plugin(cfg, method, view_maker)
     device = fabric.device
+    if cfg.train.precision == "64-true":   # Fabric's autocast then makes float64 the default dtype of the step
+        method.double()
+        plugin.double()
+        view_maker.set_dtype(torch.float64)
     method.to(device)
     plugin.to(device)
     if cfg.train.channels_last and device.type == "cuda":
@@ -131,9 +151,77 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
+#: train.strategy=ddp re-runs the command line in every process, which fits one training run per command
+_SCRIPT_LAUNCHED = False
+
+
 def pretrain(cfg: config_mod.RunConfig, data: DataSplits | None = None) -> Path:
-    """Pretrain ``cfg.method`` with ``cfg.plugin``; return the run folder. See the module docstring."""
-    run = build_run(cfg, data)
+    """Pretrain ``cfg.method`` with ``cfg.plugin``; return the run folder. See the module docstring.
+
+    With train.devices > 1 the run happens in ``train.devices`` processes launched by Fabric (``ddp_spawn``: new
+    processes, this one waits; ``ddp``: this process is rank 0 and the command is re-run for the others). Errors
+    of rank 0 caused by input (TC2SSLError) are raised here with their own type and message."""
+    return pretrain_runs([cfg], data)[0]
+
+
+#: the train.* keys that decide how processes are launched: one launch serves configs that agree on them
+LAUNCH_KEYS = ("accelerator", "devices", "strategy", "precision")
+
+
+def pretrain_runs(cfgs: list[config_mod.RunConfig], data: DataSplits | None = None) -> list[Path]:
+    """Pretrain several configs one after the other, in ONE launch of the processes when train.devices > 1 (a
+    launch costs seconds: every process imports torch and the rest). The configs must agree on ``LAUNCH_KEYS``;
+    ``data`` (if given) serves them all."""
+    global _SCRIPT_LAUNCHED
+    if not cfgs:
+        return []
+    first = cfgs[0].train
+    for cfg in cfgs[1:]:
+        differing = [k for k in LAUNCH_KEYS if getattr(cfg.train, k) != getattr(first, k)]
+        if differing:
+            raise ConfigError(f"runs launched together must agree on train.{', train.'.join(differing)}")
+    fabric = build_fabric(first)
+    if first.devices == 1:
+        return [train_process(fabric, cfg, data) for cfg in cfgs]
+    if launch_strategy(first) == "ddp":
+        if _SCRIPT_LAUNCHED:
+            raise ConfigError("train.strategy=ddp re-runs the command in every process and supports one launch "
+                              "per command; use train.strategy=ddp_spawn (or auto) for compare, figure1 and "
+                              "benchmark")
+        _SCRIPT_LAUNCHED = True
+    outcome = fabric.launch(_train_in_launched_process, cfgs, data)
+    if outcome[0] == "error":
+        error_type = getattr(errors_mod, outcome[1], TC2SSLError)
+        raise error_type(outcome[2])
+    return [Path(p) for p in outcome[1]]
+
+
+def _train_in_launched_process(fabric, cfgs: list[config_mod.RunConfig], data: DataSplits | None):
+    """The body of every launched process (module level: ddp_spawn pickles it). Input errors come back as values so
+    that the launching process can raise them as they are (a spawned process's exception arrives as text)."""
+    try:
+        return ("ok", [str(train_process(fabric, cfg, data)) for cfg in cfgs])
+    except TC2SSLError as exc:
+        return ("error", type(exc).__name__, str(exc))
+
+
+def train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = None) -> Path:
+    """One process's part of a run (the whole run when train.devices=1)."""
+    dist = DistributedContext.current() if cfg.train.devices > 1 else SINGLE_PROCESS
+    if dist.world_size != cfg.train.devices:
+        raise ConfigError(f"train.devices={cfg.train.devices} but this process belongs to a group of "
+                          f"{dist.world_size}: start multi-process runs through pretrain() / pretrain_runs()")
+    rank_zero = dist.is_rank_zero
+    if data is None and dist.active:                 # rank 0 first: a download must not run W times at once
+        if rank_zero:
+            data = load_data(cfg.data)
+        dist.barrier()
+        if not rank_zero:
+            data = load_data(cfg.data)
+    if not rank_zero:
+        warnings.filterwarnings("ignore")   # a launched process of rank > 0: rank 0 reports, once
+    run = build_run(cfg, data, fabric)
+    run.plugin.distributed = dist
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     method, plugin, device = run.method, run.plugin, run.device
@@ -146,7 +234,11 @@ def pretrain(cfg: config_mod.RunConfig, data: DataSplits | None = None) -> Path:
     ckpt_path = out / CHECKPOINT_NAME
 
     start_epoch, global_step = 0, 0
-    if cfg.train.resume and ckpt_path.exists():
+    if dist.active:  # the same weights everywhere (they are seeded alike; this makes it a fact)
+        dist.broadcast_([*method.parameters(), *method.buffers(), *plugin.parameters(), *plugin.buffers()])
+    # rank 0 decides (no process may see a file another one is about to delete)
+    resuming = dist.broadcast_object(bool(cfg.train.resume and ckpt_path.exists()))
+    if resuming:
         state = load_checkpoint(ckpt_path)
         diffs = _config_diff(state["config"], config_mod.to_dict(cfg))
         if diffs:
@@ -158,15 +250,19 @@ def pretrain(cfg: config_mod.RunConfig, data: DataSplits | None = None) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
-        metrics_log.truncate_after(global_step, start_epoch)
-        print(f"resuming {out} from epoch {start_epoch} (step {global_step})", file=sys.stderr)
-    else:
+        if rank_zero:
+            metrics_log.truncate_after(global_step, start_epoch)
+            print(f"resuming {out} from epoch {start_epoch} (step {global_step})", file=sys.stderr)
+    elif rank_zero:
         if cfg.train.resume:
             print(f"train.resume=true but no checkpoint in {out}: starting from scratch", file=sys.stderr)
         for stale in (out / "metrics.jsonl", ckpt_path, out / "encoder.safetensors"):
             if stale.exists():  # a fresh run must never point at (or resume from) another run's files
                 stale.unlink()
-    atomic_write_text(out / "config.yaml", config_mod.to_yaml(cfg))
+    if rank_zero:
+        atomic_write_text(out / "config.yaml", config_mod.to_yaml(cfg))
+    dist.barrier()
+    plugin_state = [*plugin.parameters(), *plugin.buffers()]  # TC²'s f_v, f_w: stage 1 runs in every process
 
     total_steps = cfg.train.epochs * steps_per_epoch
     stop_at = cfg.train.max_steps or None
@@ -175,13 +271,14 @@ def pretrain(cfg: config_mod.RunConfig, data: DataSplits | None = None) -> Path:
         plugin.train()
         order_gen = torch.Generator().manual_seed(step_seed(cfg.seed, epoch, 0, stream=1))
         order = torch.randperm(len(train_images), generator=order_gen)
-        progress = _progress(cfg, epoch, steps_per_epoch)
+        progress = _progress(cfg, epoch, steps_per_epoch) if rank_zero else None
         epoch_losses = []
         t_epoch = time.perf_counter()
         for b in range(steps_per_epoch):
             if stop_at is not None and global_step >= stop_at:
                 break
             t0 = time.perf_counter()
+            # the global batch, in every process; the plug-in takes this process's share
             images = train_images[order[b * batch:(b + 1) * batch]].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             info = StepInfo(epoch=epoch, step=global_step, seed=step_seed(cfg.seed, epoch, b))
@@ -189,6 +286,9 @@ def pretrain(cfg: config_mod.RunConfig, data: DataSplits | None = None) -> Path:
             # the step too, so a resumed run replays it exactly
             with seeded(step_seed(cfg.seed, epoch, b, stream=3), device), run.fabric.autocast():
                 metrics = plugin.training_step(images, info)
+            if dist.active:
+                dist.all_reduce_gradients_(method.online_parameters().values())   # Σ of the processes' shares
+                metrics = dist.average_metrics(metrics)   # the same numbers (and decisions) in every process
             loss = metrics["loss"]
             if not torch.isfinite(loss):
                 kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept at {ckpt_path}" if ckpt_path.exists()
@@ -199,6 +299,8 @@ def pretrain(cfg: config_mod.RunConfig, data: DataSplits | None = None) -> Path:
                 torch.nn.utils.clip_grad_norm_(method.online_parameters().values(), cfg.train.grad_clip)
             optimizer.step()
             scheduler.step()
+            if dist.active and plugin_state:
+                dist.broadcast_(plugin_state)   # rank 0's stage-1 result: nondeterministic kernels cannot drift
             global_step += 1
             method.after_step(global_step / max(1, total_steps))
             loss_value = float(loss)
@@ -208,7 +310,7 @@ def pretrain(cfg: config_mod.RunConfig, data: DataSplits | None = None) -> Path:
             if progress is not None:
                 progress.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{ips:.0f}")
                 progress.update(1)
-            if global_step % cfg.train.log_every == 0 or b == steps_per_epoch - 1 or b == 0:
+            if rank_zero and (global_step % cfg.train.log_every == 0 or b == steps_per_epoch - 1 or b == 0):
                 record = {"kind": "step", "epoch": epoch, "step": global_step - 1,
                           "lr": optimizer.param_groups[0]["lr"], "images_per_s": ips, **_floats(metrics)}
                 metrics_log.write(record)
@@ -219,20 +321,23 @@ def pretrain(cfg: config_mod.RunConfig, data: DataSplits | None = None) -> Path:
         epoch_record = {"kind": "epoch", "epoch": epoch, "step": global_step,
                         "loss": sum(epoch_losses) / max(1, len(epoch_losses)),
                         "seconds": time.perf_counter() - t_epoch, **plugin.epoch_summary(epoch)}
-        metrics_log.write(epoch_record)
-        save_checkpoint(ckpt_path, {
-            "config": config_mod.to_dict(cfg), "epoch": epoch, "global_step": global_step,
-            "method": method.state_dict(), "plugin": plugin.state_dict(), "plugin_extra": plugin.extra_state(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        })
+        if rank_zero:
+            metrics_log.write(epoch_record)
+            save_checkpoint(ckpt_path, {
+                "config": config_mod.to_dict(cfg), "epoch": epoch, "global_step": global_step,
+                "method": method.state_dict(), "plugin": plugin.state_dict(), "plugin_extra": plugin.extra_state(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            })
         if stop_at is not None and global_step >= stop_at:
             break
 
-    export_encoder(out / "encoder.safetensors", method.backbone, {
-        "backbone": cfg.model.backbone, "in_channels": run.data.train.channels,
-        "resolution": run.data.train.resolution, "feat_dim": method.backbone.feat_dim,
-        "config": config_mod.to_dict(cfg),
-    })
+    if rank_zero:
+        export_encoder(out / "encoder.safetensors", method.backbone, {
+            "backbone": cfg.model.backbone, "in_channels": run.data.train.channels,
+            "resolution": run.data.train.resolution, "feat_dim": method.backbone.feat_dim,
+            "config": config_mod.to_dict(cfg),
+        })
+    dist.barrier()  # every process returns once the run folder is complete
     return out
 
 
