@@ -9,7 +9,7 @@ from tc2ssl.config import load_config
 from tc2ssl.errors import TrainingError
 from tc2ssl.train.loop import pretrain
 
-METHODS = ["moco", "byol", "simsiam", "barlow_twins", "swav", "vicreg"]
+METHODS = ["simclr", "moco", "byol", "simsiam", "barlow_twins", "swav", "vicreg"]  # mae: tests/methods/test_mae.py
 
 
 
