@@ -26,6 +26,7 @@ import json
 import math
 import statistics
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -552,7 +553,7 @@ def plot_metric_bars(summary: dict, metrics: list[str], png_path: Path, title: s
     ax.set_xticks(range(len(metrics)))
     ax.set_xticklabels(metrics, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 90), fontsize=9)  # suite titles are long: wrap, never clip
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
@@ -573,7 +574,7 @@ def plot_k_curve(curve: dict[int, dict], references: dict[str, float], png_path:
     ax.set_xticklabels([str(k) for k in ks])
     ax.set_xlabel("K (tasks per batch)")
     ax.set_ylabel("linear probe accuracy (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 90), fontsize=9)  # suite titles are long: wrap, never clip
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
