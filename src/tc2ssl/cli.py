@@ -7,7 +7,9 @@
                                                         Figure 1: inter-task gradient cosine per epoch
     tc2ssl benchmark SUITE [--preset smoke|cpu|paper] [--plugins none,tasks,tc2] [--seeds 0,1,2] [key=value ...]
                                                         transfer / OOD suites: pacs, colored_mnist, digits_transfer,
-                                                        cifar10_subset (results.md: mean ± std, paired CIs)
+                                                        cifar10_subset (results.md: mean ± std, paired CIs,
+                                                        the SPEC §9.2 checks R1-R6 with their verdicts)
+    tc2ssl recheck BENCHMARK_DIR                        recompute a finished benchmark's checks, rewrite results.md
     tc2ssl evaluate RUN_DIR [eval.data=NAME ...]         linear probe + kNN of a trained encoder on any labelled data
     tc2ssl config [-p PRESET ...] [key=value ...]       print the resolved config
     tc2ssl list                                         data sources, backbones, methods, plug-ins, presets
@@ -49,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plugins", default="none,tasks,tc2")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides and suite.KEY=VALUE suite options")
+    p = sub.add_parser("recheck", help="recompute the SPEC §9.2 checks of a finished benchmark and rewrite its "
+                       "results.json / results.md")
+    p.add_argument("benchmark_dir", help="the benchmark's output folder (holding results.json)")
     p = sub.add_parser("evaluate", help="evaluate a run's encoder (linear probe + kNN)")
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.data=usps")
@@ -129,6 +134,12 @@ def _dispatch(args) -> int:
         result = run_benchmark(args.suite, args.preset, args.plugins.split(","), seeds, args.overrides)
         print(json.dumps({row: {m: s["mean"] for m, s in by_metric.items()}
                           for row, by_metric in result["summary"].items()}, indent=2))
+        return 0
+    if args.command == "recheck":
+        from tc2ssl.benchmarks.suites import recheck
+
+        result = recheck(args.benchmark_dir)
+        print(json.dumps({c["id"]: c["verdict"] for c in result["checks"]}, indent=2))
         return 0
     if args.command == "evaluate":
         from tc2ssl.workflows import run_evaluate

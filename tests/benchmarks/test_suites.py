@@ -92,7 +92,7 @@ def test_summary_pairs_rows_by_seed_and_the_table_shows_it():
 
 # ------------------------------------------------------------------------------------------- smoke, real data
 EXPECTED_KEYS = {"suite", "title", "protocol", "preset", "metrics", "primary", "baseline", "rows", "seeds",
-                 "options", "config", "runs", "summary", "paired", "conflict_vs_primary", "plots"}
+                 "options", "config", "runs", "summary", "paired", "conflict_vs_primary", "plots", "checks"}
 
 
 def smoke(suite: str, out, *extra: str) -> dict:
@@ -108,7 +108,12 @@ def smoke(suite: str, out, *extra: str) -> dict:
         record = result["runs"][label]["0"]
         assert set(record["metrics"]) == set(result["metrics"])
         assert all(len(series) == 1 for series in record["conflict"].values())  # one epoch, every plug-in logs
+        assert set(record["diagnostics"]) == set(record["conflict"])
+        assert all(d["iterations"] == d["conflict_steps"] for d in record["diagnostics"].values())
+    from tc2ssl.benchmarks.checks import SUITE_CHECKS
+    assert [c["id"] for c in result["checks"]] == [f(result).id for f in SUITE_CHECKS[suite]]
     table = (out / "results.md").read_text()
+    assert "## Checks (SPEC §9.2)" in table and all(f"- **{c['id']}** " in table for c in result["checks"])
     assert "| row | " + " | ".join(result["metrics"]) + " |" in table
     assert all(f"\n| {label} | " in table for label in labels)
     for png in result["plots"]:

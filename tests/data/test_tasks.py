@@ -19,7 +19,11 @@ def test_deterministic_for_a_fixed_generator():
     b = build_tasks(16, 2, 3, 2, torch.Generator().manual_seed(5))
     c = build_tasks(16, 2, 3, 2, torch.Generator().manual_seed(6))
     assert torch.equal(a.groups, b.groups) and torch.equal(a.support_idx, b.support_idx)
+    assert torch.equal(a.query_idx, b.query_idx) and a.n_kept == b.n_kept == 16
     assert not torch.equal(a.groups, c.groups)
+    # the view split is random per image too (not a fixed arange(m') for everyone)
+    assert not torch.equal(a.support_idx, c.support_idx)
+    assert len({tuple(row) for row in a.support_idx.sort(1).values.tolist()}) > 1
 
 
 def test_support_and_query_views_select_the_right_views():
@@ -33,6 +37,26 @@ def test_support_and_query_views_select_the_right_views():
         assert torch.equal((s // 10).long(), members[:, None].expand(4, 2))
         assert torch.equal((s % 10).long(), split.support_idx[members])
         assert torch.equal((q % 10).long(), split.query_idx[members])
+
+
+def test_per_task_support_and_query_embeddings_have_spec_shapes():  # SPEC T2: [n, m', d] and [n, m - m', d]
+    n_images, n_tasks, m, m_prime, dim = 24, 3, 5, 2, 7
+    split = build_tasks(n_images, n_tasks, m, m_prime, torch.Generator().manual_seed(4))
+    z = torch.randn(n_images, m, dim, generator=torch.Generator().manual_seed(9))
+    n = n_images // n_tasks
+    seen = torch.zeros(n_images, m, dtype=torch.long)
+    for k in range(n_tasks):
+        support, query = split.support_views(z, k), split.query_views(z, k)
+        assert support.shape == (n, m_prime, dim) and query.shape == (n, m - m_prime, dim)
+        members = split.groups[k]
+        for row, image in enumerate(members.tolist()):
+            for col, view in enumerate(split.support_idx[image].tolist()):
+                assert torch.equal(support[row, col], z[image, view])
+            for col, view in enumerate(split.query_idx[image].tolist()):
+                assert torch.equal(query[row, col], z[image, view])
+            seen[image, split.support_idx[image]] += 1
+            seen[image, split.query_idx[image]] += 1
+    assert torch.equal(seen, torch.ones(n_images, m, dtype=torch.long))   # every (image, view) used exactly once
 
 
 def test_remainder_dropped_with_warning_or_error():
@@ -55,6 +79,16 @@ def test_masks_have_exact_count():  # SPEC T2 (G-SSL masks)
     assert masks.shape == (5, 3, 16) and masks.dtype == torch.bool
     assert (masks.sum(-1) == 12).all()
     assert not torch.equal(masks[:, 0], masks[:, 1])
+
+
+@pytest.mark.parametrize("n_patches, ratio, expected", [(7, 0.75, 5), (9, 0.75, 7), (16, 0.6, 10), (49, 0.75, 37)])
+def test_masks_have_round_ratio_times_patches_when_not_an_integer(n_patches, ratio, expected):  # SPEC T2
+    assert round(ratio * n_patches) == expected
+    masks = make_masks(4, 2, n_patches, ratio, torch.Generator().manual_seed(1))
+    assert masks.shape == (4, 2, n_patches)
+    assert (masks.sum(-1) == expected).all()
+    again = make_masks(4, 2, n_patches, ratio, torch.Generator().manual_seed(1))
+    assert torch.equal(masks, again)
 
 
 def test_task_shards_partition_the_tasks_and_their_images():

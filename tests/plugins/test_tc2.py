@@ -25,6 +25,7 @@ from tc2ssl.data.tasks import build_tasks
 from tc2ssl.errors import ConfigError
 from tc2ssl.methods.base import LossContext
 from tc2ssl.plugins.base import StepInfo
+from tc2ssl.tc2.losses import brier_query_loss, nt_xent_multiview
 from tc2ssl.tc2.stats import batch_statistics
 from tc2ssl.train.loop import build_run, pretrain
 from tc2ssl.train.schedule import build_optimizer, build_scheduler
@@ -291,6 +292,125 @@ def test_stage2_first_order_differs_from_exact_by_order_beta1(make_run):
     assert 1.8 < (gap[1] / gap[0]).item() < 2.2
 
 
+@pytest.mark.parametrize("mode", ["first_order", "finite_difference", "exact"])
+def test_stage2_zero_beta1_is_the_plain_query_gradient_in_every_mode_float64(make_run, mode):
+    """T10 in float64: with β1 = 0 every stage-2 mode returns ∇_θ (1/K)Σ_k L_sse^q(θ) to rounding (θ^k = θ, and the
+    Hessian terms are multiplied by β1 = 0)."""
+    run = make_run("plugin.beta1=0.0", f"plugin.stage2_mode={mode}", "plugin.conflict_every=0")
+    run.method.double()
+    run.plugin.double()
+    views, split, z = stage_inputs(run, images_of(run))
+    basis = basis_at(run, z)
+    expected = reference_query_gradient(run, views, split, basis, "mean")
+
+    run.plugin.stage2(views, split, basis, INFO)
+
+    for name, grad in encoder_grads(run.method).items():
+        assert grad.dtype == torch.float64
+        torch.testing.assert_close(grad, expected[name], rtol=1e-10, atol=1e-13, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("mode", ["first_order", "finite_difference", "exact"])
+def test_training_step_leaves_encoder_parameters_bit_identical_in_every_mode(make_run, mode):
+    """T9/T10: a whole step (statistics forward, stage 1, the stage-2 hypergradient probes incl. the ±εv
+    finite-difference probes) reads θ but never writes it; only ``.grad`` is set. The calibrator moves in stage 1
+    only: stage 2 leaves it bit-identical, without a gradient, and trainable again afterwards."""
+    run = make_run(f"plugin.stage2_mode={mode}", "plugin.fd_radius=1e-2")
+    theta_before = snapshot(run.method.named_parameters())
+    views, split, z = stage_inputs(run, images_of(run))
+    basis, _, _, _ = run.plugin.stage1(z, split, views)
+    for name, value in run.method.named_parameters():
+        assert torch.equal(value, theta_before[name]), f"stage 1 changed {name}"
+    calibrator_after_stage1 = calibrator(run.plugin)
+
+    run.plugin.stage2(views, split, basis, INFO)
+
+    for name, value in run.method.named_parameters():
+        assert torch.equal(value, theta_before[name]), f"stage 2 ({mode}) changed the encoder's {name}"
+    for name, value in run.plugin.calibrator_parameters().items():
+        assert torch.equal(value, calibrator_after_stage1[name]), f"stage 2 ({mode}) changed {name}"
+        assert value.grad is None and value.requires_grad, name
+    grads = encoder_grads(run.method)
+    assert all(torch.isfinite(g).all() for g in grads.values()) and flat(grads).abs().sum() > 0
+
+    run.method.zero_grad(set_to_none=True)
+    step_theta = snapshot(run.method.named_parameters())
+    run.plugin.training_step(images_of(run), StepInfo(epoch=0, step=1, seed=2))
+    for name, value in run.method.named_parameters():
+        assert torch.equal(value, step_theta[name]), f"training_step ({mode}) changed the encoder's {name}"
+
+
+def reference_bilevel_objective(run, views, split, basis, beta1: float):
+    """θ ↦ (1/K)Σ_k L_sse^q(θ − β1∇L_ssl^s(θ)), written out from SPEC §3.7/§3.9 for SimCLR: the inner loss is
+    the multi-view NT-Xent of the calibrated support views, the outer loss the Brier score of the calibrated query
+    views against c_k = n(mean_u ẑ_{i,u}) of the support views at θ^k. The anchors are a stop-gradient, so they are
+    frozen at the θ^k of the base point θ0 (``freeze_anchors``): the derivative of the objective with those
+    anchors fixed, at θ0, is the exact meta-gradient."""
+    plugin, method = run.plugin, run.method
+    tau, d = method.cfg.temperature, method.embed_dim
+    names = list(method.online_parameters())
+
+    def embed(params, x):
+        n, v = x.shape[:2]
+        z = method.embed(x.flatten(0, 1), params)
+        return plugin.calibrated(plugin.prep(z), basis).view(n, v, d)
+
+    def adapted(params, k):                                              # θ^k = θ − β1∇L_ssl^s(θ), Eq. 6
+        with torch.enable_grad():
+            leaves = {n: params[n].detach().requires_grad_(True) for n in names}
+            inner = nt_xent_multiview(embed(leaves, split.support_views(views, k)), tau)
+            grads = torch.autograd.grad(inner, list(leaves.values()))
+        return {n: (leaves[n] - beta1 * g).detach() for n, g in zip(names, grads)}
+
+    def freeze_anchors(theta0):
+        with torch.no_grad():
+            return [torch.nn.functional.normalize(embed(adapted(theta0, k), split.support_views(views, k)).mean(1),
+                                                  dim=-1) for k in range(split.n_tasks)]
+
+    def objective(theta, anchors):
+        with torch.no_grad():
+            losses = [brier_query_loss(embed(adapted(theta, k), split.query_views(views, k)), anchors[k], tau)
+                      for k in range(split.n_tasks)]
+        return torch.stack(losses).mean().item()
+
+    return objective, freeze_anchors
+
+
+def test_stage2_exact_matches_central_differences_of_the_bilevel_objective_float64(make_run):
+    """T10: ``exact`` (second-order) stage 2 matches central differences of θ ↦ (1/K)Σ_k L_sse^q(θ − β1∇L_ssl^s(θ)),
+    written independently from the spec, along the FO/SO gap and two random directions, to 1e-5 of ‖g‖ (float64,
+    SiLU copy of the tiny model: FD of ReLU kinks would be meaningless)."""
+    beta1, h = 0.05, 1e-6                       # the objective is strongly curved: O(h²) is 1e-8 here
+    grads = {}
+    for mode in ("exact", "first_order"):
+        run = make_run(f"plugin.stage2_mode={mode}", f"plugin.beta1={beta1}", "plugin.conflict_every=0")
+        smooth_activations(run.method)
+        run.method.double()
+        run.plugin.double()
+        views, split, z = stage_inputs(run, images_of(run))
+        basis = basis_at(run, z)
+        theta0 = snapshot(run.method.online_parameters().items())
+        run.plugin.stage2(views, split, basis, INFO)
+        grads[mode] = encoder_grads(run.method)
+    exact, first = flat(grads["exact"]), flat(grads["first_order"])
+    objective, freeze_anchors = reference_bilevel_objective(run, views, split, basis, beta1)
+    anchors = freeze_anchors(theta0)
+
+    g = torch.Generator().manual_seed(0)
+    directions = [exact - first] + [torch.randn(exact.shape, generator=g, dtype=torch.float64) for _ in range(2)]
+    sizes = [t.numel() for t in theta0.values()]
+    for u in directions:
+        u = u / u.norm()
+        step = dict(zip(theta0, (c.view_as(t) for c, t in zip((h * u).split(sizes), theta0.values()))))
+        plus = objective({n: t + step[n] for n, t in theta0.items()}, anchors)
+        minus = objective({n: t - step[n] for n, t in theta0.items()}, anchors)
+        numeric = (plus - minus) / (2 * h)
+        assert abs(numeric - (exact @ u).item()) / exact.norm().item() < 1e-5
+    # the check discriminates: along the FO/SO gap, first order is off by ‖exact − first‖ (the Hessian term)
+    gap = (exact - first) / (exact - first).norm()
+    assert abs((exact @ gap).item() - (first @ gap).item()) / exact.norm().item() > 1e-2
+
+
 # ---------------------------------------------------------------------------------------------- +T
 def test_plus_t_has_no_calibrator_and_equals_tc2_without_calibration(make_run):
     plus_t = make_run(plugin="tasks")
@@ -363,17 +483,34 @@ def test_conflict_metrics_follow_conflict_every(make_run):
 
 
 # ---------------------------------------------------------------------------------------------- T17 smoke
+#: the documented record columns of metrics.jsonl (src/tc2ssl/report.py; the loop adds the epoch's seconds)
+STEP_COLUMNS = {"kind", "epoch", "step", "loss", "lr", "images_per_s"}
+EPOCH_COLUMNS = {"kind", "epoch", "step", "loss", "seconds"}
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
 @pytest.mark.parametrize("plugin", ["none", "tasks", "tc2"])
-def test_pretrain_two_epochs_writes_finite_metrics(digits, tmp_path, plugin):
-    cfg = load_config((), [f"plugin.name={plugin}", *TINY, "train.epochs=2", "train.log_every=1",
-                           f"out={tmp_path / plugin}"])
+def test_pretrain_two_epochs_writes_finite_metrics(digits, tmp_path, plugin, method):
+    """T17: 2 epochs of Baseline, +T and TC² with SimCLR and BYOL: finite losses, the documented log columns."""
+    cfg = load_config((), [f"plugin.name={plugin}", f"method.name={method}", *TINY, "train.epochs=2",
+                           "train.log_every=1", f"out={tmp_path / plugin}"])
     out = pretrain(cfg, digits)
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in records} == {"step", "epoch"}
     steps = [r for r in records if r["kind"] == "step"]
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert len(steps) == 2 * (len(digits.train) // BATCH) and [r["epoch"] for r in epochs] == [0, 1]
+    assert [r["step"] for r in steps] == list(range(len(steps)))
+    assert all(STEP_COLUMNS <= r.keys() for r in steps) and all(EPOCH_COLUMNS <= r.keys() for r in epochs)
+    assert all(math.isfinite(r[k]) for r in steps for k in STEP_COLUMNS - {"kind"})
     assert all(math.isfinite(r["loss"]) for r in steps + epochs)
+    assert [r["step"] for r in epochs] == [len(steps) // 2, len(steps)]          # the global step at epoch end
+    for epoch in epochs:                                                           # the epoch mean of the steps
+        own = [r["loss"] for r in steps if r["epoch"] == epoch["epoch"]]
+        assert epoch["loss"] == pytest.approx(sum(own) / len(own), rel=1e-6)
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["kind"] == "step"
+    assert (out / "config.yaml").is_file() and f"name: {method}" in (out / "config.yaml").read_text()
     tc2_keys = {"tc2/orth_error", "tc2/lv_ratio", "tc2/gate_sparsity", "tc2/cal_norm_ratio", "tc2/inner_gain_rate"}
     for record in epochs:
         assert math.isfinite(record["conflict/cos_mean"])

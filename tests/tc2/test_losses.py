@@ -146,6 +146,28 @@ def test_brier_collapsed_embeddings_score_one_minus_one_over_n():  # SPEC T11
         2 * n * (1 - 1 / n), abs=1e-12)
 
 
+@pytest.mark.parametrize("n", [2, 3, 8, 17, 32])
+@pytest.mark.parametrize("temperature", [0.05, 0.5, 2.0])
+def test_brier_collapsed_encoder_scores_one_minus_one_over_n_for_any_common_vector(n, temperature):  # SPEC T11
+    """Every query view and every anchor is the same (arbitrary) vector: p is uniform over the n images, so each
+    row scores (1 − 1/n)² + (n − 1)/n² = 1 − 1/n, whatever τ, the vector or the number of query views."""
+    common = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    z_query = common.expand(n, 3, 5).clone() * torch.rand(n, 3, 1, dtype=torch.float64) * 4   # any positive scale
+    anchors = torch.nn.functional.normalize(common, dim=0).expand(n, 5).clone()
+    loss = brier_query_loss(z_query, anchors, temperature)
+    assert loss.dtype == torch.float64
+    assert abs(loss.item() - (1 - 1 / n)) < 1e-14
+    assert abs(brier_query_loss(z_query, anchors, temperature, "sum").item() - 3 * n * (1 - 1 / n)) < 1e-11
+
+
+def test_brier_perfect_prototypes_decrease_to_zero_as_temperature_falls():  # SPEC T11: τ → 0 gives Brier → 0
+    anchors = torch.linalg.qr(torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))).Q.T
+    z_query = anchors[:, None, :].repeat(1, 2, 1) * 3.0                  # each query view sits on its own anchor
+    losses = [brier_query_loss(z_query, anchors, t).item() for t in (2.0, 1.0, 0.3, 0.1, 0.03, 0.01)]
+    assert all(a > b for a, b in itertools.pairwise(losses))
+    assert losses[-1] < 1e-20 and losses[0] > 0.1
+
+
 def test_brier_perfect_prototypes_at_low_temperature():  # SPEC T11
     anchors = torch.eye(5, dtype=torch.float64)
     z_query = anchors[:, None, :].repeat(1, 3, 1) * 2.0

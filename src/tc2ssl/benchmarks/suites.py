@@ -36,13 +36,14 @@ import torch
 import yaml
 
 from tc2ssl import config as config_mod
+from tc2ssl.benchmarks.checks import checks_markdown, read_run_diagnostics, run_checks
 from tc2ssl.benchmarks.presets import SUITE_OPTION_DEFAULTS, BenchmarkPreset, get_preset
 from tc2ssl.benchmarks.stats import paired_difference, spearman, summarize
 from tc2ssl.data import load_data
 from tc2ssl.data.base import DataSplits, ImageSet
 from tc2ssl.data.colored_mnist import COLOUR_NAMES, GROUP_NAMES, colored_mnist_splits, load_grey_mnist
 from tc2ssl.data.folder import PACS_DOMAINS
-from tc2ssl.errors import ConfigError
+from tc2ssl.errors import ConfigError, DataError
 from tc2ssl.registry import Registry
 from tc2ssl.train.checkpoint import atomic_write_text
 
@@ -415,7 +416,8 @@ def run_benchmark(suite_name: str, preset_name: str = "cpu",
                 outcome = suite.run(run_cfg, ctx)
             record = {"metrics": outcome.metrics, "seconds": time.perf_counter() - start,
                       "run_dirs": [str(p) for p in outcome.run_dirs],
-                      "conflict": {p.name: read_conflict_series(p) for p in outcome.run_dirs}}
+                      "conflict": {p.name: read_conflict_series(p) for p in outcome.run_dirs},
+                      "diagnostics": {p.name: read_run_diagnostics(p) for p in outcome.run_dirs}}
             atomic_write_text(Path(run_cfg.out) / "benchmark.json",
                               json.dumps(_json_safe({**record, "details": outcome.details}), indent=2) + "\n")
             runs[row.label][str(seed)] = record
@@ -436,9 +438,30 @@ def run_benchmark(suite_name: str, preset_name: str = "cpu",
         result[key] = extra
         plots += extra_plots
     result["plots"] = [p.name for p in plots]
+    result["checks"] = run_checks(result)
+    write_results(suite, result, out)
+    print(f"benchmark results: {out / 'results.md'}", file=sys.stderr)
+    return result
+
+
+def write_results(suite: Suite, result: dict, out: Path) -> None:
     atomic_write_text(out / "results.json", json.dumps(_json_safe(result), indent=2) + "\n")
     atomic_write_text(out / "results.md", results_markdown(suite, result))
-    print(f"benchmark results: {out / 'results.md'}", file=sys.stderr)
+
+
+def recheck(out_dir: str | Path) -> dict:
+    """Recompute the SPEC §9.2 checks of a finished benchmark from ``out_dir/results.json`` (and its run folders,
+    where still on disk) and rewrite its results.json and results.md (``tc2ssl recheck DIR``)."""
+    path = Path(out_dir) / "results.json"
+    if not path.is_file():
+        raise DataError(f"no benchmark results at {path} (run `tc2ssl benchmark SUITE` first)")
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        suite = SUITES.get(result["suite"])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DataError(f"{path} is not a tc2ssl benchmark results file ({error})") from None
+    result["checks"] = run_checks(result)
+    write_results(suite, result, Path(out_dir))
     return result
 
 
@@ -523,6 +546,7 @@ def results_markdown(suite: Suite, result: dict) -> str:
         lines += ["## K ablation (TC², linear probe %)", "", "| K | mean ± std |", "|---|---|"]
         lines += [f"| {k} | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} |" for k, s in result["k_ablation"].items()]
         lines.append("")
+    lines += checks_markdown(result.get("checks") or [])
     lines += [f"![{p}]({p})" for p in result["plots"]]
     lines += ["", "## Runs", "", "| row | seed | wall time (s) | run folder(s) |", "|---|---|---|---|"]
     for label, by_seed in result["runs"].items():
