@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from tc2ssl.benchmarks.checks import (check_r1, check_r2, check_r3, check_r4, check_r5, check_r5b, check_r6,
+from tc2ssl.benchmarks.checks import (check_r1, check_r2, check_r3, check_r4, check_r5, check_r5b, check_r6, check_r7,
+                                      check_r8,
                                       checks_markdown, read_run_diagnostics, run_checks)
 from tc2ssl.cli import main
 
@@ -174,7 +175,7 @@ def test_markdown_lists_every_criterion_and_verdict():
     result = result_of("colored_mnist", {"none": {"average": [0.75] * 2, "worst_group": [0.1] * 2},
                                          "tc2": {"average": [0.76] * 2, "worst_group": [0.12] * 2}})
     checks = run_checks(result)
-    assert [c["id"] for c in checks] == ["R4"]
+    assert [c["id"] for c in checks] == ["R4", "R7", "R8"]  # R7, R8: every suite with TC² rows
     text = "\n".join(checks_markdown(checks))
     assert text.count("| R4 |") == 4
     assert "- **R4** OOD non-inferiority of TC² (coloured MNIST): **PASS (hard); soft 2/2 met** (protocol differs: " \
@@ -191,7 +192,8 @@ def test_recheck_rewrites_results_and_fails_clearly(tmp_path, capsys):
     result["config"]["train"]["epochs"] = 1
     (tmp_path / "results.json").write_text(json.dumps(result))
     assert main(["recheck", str(tmp_path)]) == 0
-    assert json.loads(capsys.readouterr().out) == {"R4": "FAIL (hard); soft 1/2 met"}
+    assert json.loads(capsys.readouterr().out) == {"R4": "FAIL (hard); soft 1/2 met", "R7": "n/a (hard)",
+                                                   "R8": "n/a (hard)"}  # no run folders for R7, R8
     assert json.loads((tmp_path / "results.json").read_text())["checks"][0]["verdict"].startswith("FAIL")
     assert "- **R4** " in (tmp_path / "results.md").read_text()
     assert main(["recheck", str(tmp_path / "nowhere")]) == 2
@@ -199,3 +201,49 @@ def test_recheck_rewrites_results_and_fails_clearly(tmp_path, capsys):
     (tmp_path / "results.json").write_text("{not json")
     assert main(["recheck", str(tmp_path)]) == 2
     assert "is not a tc2ssl benchmark results file" in capsys.readouterr().err
+
+
+def write_tc2_metrics(folder, epochs: list[dict]) -> None:
+    """metrics.jsonl of a TC² run: one step per epoch, the epoch record carrying the tc2/* health metrics."""
+    folder.mkdir(parents=True)
+    lines = []
+    for epoch, health in enumerate(epochs):
+        lines.append({"kind": "step", "epoch": epoch, "step": epoch, "loss": 1.0})
+        lines.append({"kind": "epoch", "epoch": epoch, "step": epoch + 1, "loss": 1.0,
+                      **{f"tc2/{k}": v for k, v in health.items()}})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+HEALTHY = {"lv_ratio": 1.1, "orth_error": 0.05, "gate_sparsity": 0.3, "cal_norm_ratio": 0.9, "inner_gain_rate": 0.9}
+
+
+@pytest.mark.parametrize("change, failing", [
+    ({}, None),
+    ({"lv_ratio": 1.3}, "at the end"),               # above 1.2 at the end (and ≤ 1.5 after epoch 1)
+    ({"orth_error": 0.11}, "‖VᵀV − I‖_F"),
+    ({"gate_sparsity": 0.0}, "gate sparsity"),       # the ℓ1 term selects no factor
+    ({"cal_norm_ratio": 0.2}, "calibrated-norm"),
+])
+def test_r7_thresholds(tmp_path, change, failing):
+    folder = tmp_path / "tc2_seed0"
+    write_tc2_metrics(folder, [{**HEALTHY, "lv_ratio": 3.0}, {**HEALTHY, "lv_ratio": 1.4}, {**HEALTHY, **change}])
+    result = result_of("colored_mnist", {"none": {"average": [0.7], "worst_group": [0.1]},
+                                         "tc2": {"average": [0.7], "worst_group": [0.1]}},
+                       tc2={0: {"run_dirs": [str(folder)]}})
+    check = check_r7(result)
+    failed = [c.name for c in check.criteria if c.passed is False]
+    assert failed == ([] if failing is None else [next(c.name for c in check.criteria if failing in c.name)])
+    end = change.get("lv_ratio", 1.1)
+    assert criterion(check, "1.5 from epoch 1").measured == f"{min(1.4, end):.3g}–{max(1.4, end):.3g}"
+    assert check_r7(result_of("colored_mnist", {"none": {"average": [0.7], "worst_group": [0.1]},
+                                                "tc2": {"average": [0.7], "worst_group": [0.1]}})).verdict == "n/a (hard)"
+
+
+def test_r8_gain_rate_is_averaged_over_training(tmp_path):
+    folder = tmp_path / "run"
+    write_tc2_metrics(folder, [{**HEALTHY, "inner_gain_rate": 0.7}, {**HEALTHY, "inner_gain_rate": 0.95}])
+    result = result_of("pacs", {"none": {"average": [0.5], "art_painting": [0.3]},
+                                "tc2": {"average": [0.5], "art_painting": [0.3]}}, tc2={0: {"run_dirs": [str(folder)]}})
+    check = check_r8(result)
+    assert check.criteria[0].passed is True and "min 0.825 over 1 runs" in check.criteria[0].measured
+    assert [c["id"] for c in run_checks(result)] == ["R5", "R7", "R8"]

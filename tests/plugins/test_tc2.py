@@ -340,6 +340,23 @@ def test_training_step_leaves_encoder_parameters_bit_identical_in_every_mode(mak
         assert torch.equal(value, step_theta[name]), f"training_step ({mode}) changed the encoder's {name}"
 
 
+def test_finite_difference_probes_leave_batchnorm_running_statistics_alone(make_run):
+    """AMB-TC-22: the running statistics are updated by the training forwards only. The ±εv probes of the
+    finite-difference hypergradient are numerical devices: after stage 2 the BN buffers must equal those of a
+    first-order stage 2 on the same views (the probes' extra forwards would otherwise move them 2K times more)."""
+    buffers = {}
+    for mode in ("first_order", "finite_difference"):
+        run = make_run(f"plugin.stage2_mode={mode}", "plugin.fd_radius=1e-2")
+        views, split, z = stage_inputs(run, images_of(run))
+        basis, _, _, _ = run.plugin.stage1(z, split, views)
+        run.plugin.stage2(views, split, basis, INFO)
+        buffers[mode] = snapshot(run.method.named_buffers())
+    running = [name for name in buffers["first_order"] if name.endswith(("running_mean", "running_var"))]
+    assert running, "the test network must have BatchNorm layers"
+    for name in running:
+        assert torch.equal(buffers["finite_difference"][name], buffers["first_order"][name]), name
+
+
 def reference_bilevel_objective(run, views, split, basis, beta1: float):
     """θ ↦ (1/K)Σ_k L_sse^q(θ − β1∇L_ssl^s(θ)), written out from SPEC §3.7/§3.9 for SimCLR: the inner loss is
     the multi-view NT-Xent of the calibrated support views, the outer loss the Brier score of the calibrated query

@@ -5,6 +5,9 @@ Tiny runs: the ``mae`` preset (vit_tiny, m = 2, m' = 1) on 128 digits, batch 32,
 """
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 from lightly.models.utils import patchify
@@ -18,7 +21,7 @@ from tc2ssl.methods.base import LossContext
 from tc2ssl.methods.mae import MaskedViews
 from tc2ssl.plugins.base import StepInfo
 from tc2ssl.tc2.stats import batch_statistics
-from tc2ssl.train.loop import build_run
+from tc2ssl.train.loop import build_run, pretrain
 
 BATCH = 32
 TINY = [f"train.batch_size={BATCH}", "plugin.n_tasks=2", "eval.enabled=false", "train.progress=false",
@@ -193,3 +196,32 @@ def test_support_loss_of_a_task_is_mae_on_its_masked_views(make_run):
     prediction = run.method.decoder(z.flatten(0, 1), support.masks.flatten(0, 1))
     target = patchify(support.images.flatten(0, 1), 4)
     torch.testing.assert_close(loss, ((prediction - target) ** 2).sum(-1)[support.masks.flatten(0, 1)].mean())
+
+
+# ---------------------------------------------------------------------------------------------- T17 smoke
+@pytest.mark.parametrize("plugin", ["none", "tc2"])
+def test_pretrain_two_epochs_of_tc2_mae_writes_finite_metrics(digits, tmp_path, plugin):
+    """T17: 2 epochs of MAE and TC²-MAE (tiny ViT): finite losses and the documented metrics.jsonl columns
+    (step: kind, epoch, step, loss, lr, images_per_s; epoch: kind, epoch, step, loss, seconds + summaries)."""
+    cfg = load_config(["mae"], [f"plugin.name={plugin}", *TINY, "train.epochs=2", "train.log_every=1",
+                                f"out={tmp_path / plugin}"])
+    out = pretrain(cfg, digits)
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert len(steps) == 2 * (len(digits.train) // BATCH) and [r["epoch"] for r in epochs] == [0, 1]
+    for record in steps:
+        assert {"kind", "epoch", "step", "loss", "lr", "images_per_s"} <= record.keys()
+        assert all(math.isfinite(record[k]) for k in ("loss", "lr", "images_per_s"))
+    for record in epochs:
+        assert {"kind", "epoch", "step", "loss", "seconds"} <= record.keys() and math.isfinite(record["loss"])
+    if plugin == "tc2":
+        tc2_keys = {"tc2/loss_v", "tc2/loss_w", "tc2/stage2_sse_query", "tc2/stage2_ssl_support"}
+        assert all(tc2_keys <= r.keys() and all(math.isfinite(r[k]) for k in tc2_keys) for r in steps)
+        health = {"tc2/orth_error", "tc2/gate_sparsity", "tc2/cal_norm_ratio", "tc2/inner_gain_rate"}
+        assert all(health <= r.keys() and all(math.isfinite(r[k]) for k in health) for r in epochs)
+        assert all(r["loss"] == r["tc2/stage2_sse_query"] for r in steps)     # the logged loss is Eq. 7's
+    else:
+        assert not any(k.startswith("tc2/") for r in records for k in r)
+    assert (out / "encoder.safetensors").is_file()

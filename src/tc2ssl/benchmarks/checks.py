@@ -3,7 +3,7 @@
 Each suite answers some of the checks: ``digits_transfer`` R1 (gradient conflict exists and fluctuates), R2
 (instability of +T), R3 (conflict correlates with transfer) and R5b (transfer to a new dataset); ``colored_mnist``
 R4 (out-of-distribution non-inferiority); ``pacs`` R5 (unseen-domain transfer); ``cifar10_subset`` R6 (shape of the
-K ablation). A check is a list of criteria, each *hard* (the spec's PASS condition), *soft* (a paper-direction
+K ablation); and every suite with TC² rows R7 (TC²'s internal mechanics) and R8 (the inner step adapts). A check is a list of criteria, each *hard* (the spec's PASS condition), *soft* (a paper-direction
 expectation: recorded, and a miss is reported, not hidden) or *report* (a number the check asks for, no
 threshold). A check whose protocol was run differently from the spec (fewer seeds, another K) says so in its
 ``deviations``, so that a verdict is never read as more than it is.
@@ -34,6 +34,11 @@ R5_MARGIN = R5B_MARGIN = R6_MARGIN = 0.005
 R1_MIN_EPOCH_STD = 0.01
 R2_SEEDS, R1_SEEDS, SPEC_SEEDS = 5, 3, 3
 R6_K_VALUES = (2, 4, 8, 16)
+R7_LV_RATIO_AFTER_FIRST, R7_LV_RATIO_END, R7_MAX_ORTH_ERROR = 1.5, 1.2, 0.1
+R7_SPARSITY, R7_NORM_RATIO = (0.05, 0.95), (0.3, 1.05)
+R8_MIN_GAIN_RATE = 0.8
+#: TC²'s per-epoch health metrics (``tc2/<name>`` in metrics.jsonl) kept by :func:`read_run_diagnostics`.
+HEALTH_KEYS = ("lv_ratio", "orth_error", "gate_sparsity", "cal_norm_ratio", "inner_gain_rate")
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,7 @@ def read_run_diagnostics(run_dir: str | Path) -> dict | None:
         if record.get("kind") == "epoch":
             epochs[int(record["epoch"])] = record
     previous_step, out = 0, {"iterations": [], "cos_mean": [], "cos_min": [], "conflict_steps": [],
-                             "health_warnings": 0.0, "losses_finite": True}
+                             "health_warnings": 0.0, "losses_finite": True, **{name: [] for name in HEALTH_KEYS}}
     for epoch in sorted(epochs):
         record = epochs[epoch]
         out["iterations"].append(int(record["step"]) - previous_step)
@@ -100,6 +105,8 @@ def read_run_diagnostics(run_dir: str | Path) -> dict | None:
         for key, name in (("cos_mean", "conflict/cos_mean"), ("cos_min", "conflict/cos_min"),
                           ("conflict_steps", "conflict/steps")):
             out[key].append(record.get(name))
+        for name in HEALTH_KEYS:
+            out[name].append(record.get(f"tc2/{name}"))
         out["health_warnings"] += float(record.get("tc2/health_warnings") or 0.0)
     out["losses_finite"] = all(math.isfinite(float(r["loss"])) for r in records
                                if isinstance(r.get("loss"), (int, float)))
@@ -357,11 +364,77 @@ def check_r6(result: dict) -> Check:
     return check
 
 
+# ---------------------------------------------------------------------------------------------------- R7, R8
+def _tc2_runs(result: dict) -> tuple[list[str], list[list[dict] | None]]:
+    labels = [spec["label"] for spec in result.get("rows", []) if spec["plugin"] == TC2]
+    return labels, [run_diagnostics(result["runs"][label][str(seed)]) for label in labels for seed in result["seeds"]]
+
+
+def _range(values: list[float]) -> str:
+    return f"{min(values):.3g}–{max(values):.3g}" if values else "n/a"
+
+
+def check_r7(result: dict) -> Check:
+    """R7: TC²'s internal mechanics (SPEC §9.2), over every TC² pretraining of the benchmark: L_v against the
+    batch-PCA optimum, orthogonality of V, gate sparsity and calibrated norm at the end, finite losses."""
+    check = Check("R7", "TC² internal mechanics (every TC² run)")
+    labels, diagnostics = _tc2_runs(result)
+    if not labels:
+        return _missing(check, TC2)
+    names = ("L_v / L_v^PCA ≤ 1.5 from epoch 1 on", "L_v / L_v^PCA ≤ 1.2 at the end", "‖VᵀV − I‖_F ≤ 0.1 throughout",
+             "gate sparsity in [0.05, 0.95] at the end", "calibrated-norm ratio in [0.3, 1.05] at the end",
+             "every loss finite")
+    runs = [run for d in diagnostics if d is not None for run in d]
+    if any(d is None for d in diagnostics) or not all(run["lv_ratio"] and None not in run["lv_ratio"]
+                                                      for run in runs):
+        check.criteria += [Criterion(name, HARD, "run folders or health metrics not available", "", None)
+                           for name in names]
+        return check
+    after_first = [v for run in runs for v in run["lv_ratio"][1:]]
+    last = {name: [run[name][-1] for run in runs] for name in HEALTH_KEYS}
+    orth = [v for run in runs for v in run["orth_error"]]
+    low, high = R7_SPARSITY
+    norm_low, norm_high = R7_NORM_RATIO
+    check.criteria += [
+        Criterion(names[0], HARD, _range(after_first) if after_first else "one epoch only",
+                  f"≤ {R7_LV_RATIO_AFTER_FIRST}", max(after_first) <= R7_LV_RATIO_AFTER_FIRST if after_first else None),
+        Criterion(names[1], HARD, _range(last["lv_ratio"]), f"≤ {R7_LV_RATIO_END}",
+                  max(last["lv_ratio"]) <= R7_LV_RATIO_END),
+        Criterion(names[2], HARD, _range(orth), f"≤ {R7_MAX_ORTH_ERROR}", max(orth) <= R7_MAX_ORTH_ERROR),
+        Criterion(names[3], HARD, _range(last["gate_sparsity"]), f"[{low}, {high}]",
+                  all(low <= v <= high for v in last["gate_sparsity"])),
+        Criterion(names[4], HARD, _range(last["cal_norm_ratio"]), f"[{norm_low}, {norm_high}]",
+                  all(norm_low <= v <= norm_high for v in last["cal_norm_ratio"])),
+        Criterion(names[5], HARD, f"{len(runs)} runs", "finite", all(run["losses_finite"] for run in runs)),
+    ]
+    return check
+
+
+def check_r8(result: dict) -> Check:
+    """R8: the inner step adapts (Eq. 6): L_ssl^s(θ^k) < L_ssl^s(θ) on the same support views for ≥ 80% of
+    (batch, task) pairs, averaged over training, for every TC² pretraining."""
+    check = Check("R8", "The inner step adapts (Eq. 6)")
+    labels, diagnostics = _tc2_runs(result)
+    if not labels:
+        return _missing(check, TC2)
+    runs = [run for d in diagnostics if d is not None for run in d]
+    rates = [statistics.fmean(run["inner_gain_rate"]) for run in runs
+             if run["inner_gain_rate"] and None not in run["inner_gain_rate"]]
+    if any(d is None for d in diagnostics) or len(rates) < len(runs):
+        check.criteria.append(Criterion("inner-step gain rate, every run", HARD, "not available",
+                                        f"≥ {R8_MIN_GAIN_RATE}", None))
+        return check
+    check.criteria.append(Criterion("inner-step gain rate averaged over training, every run", HARD,
+                                    f"min {min(rates):.3f} over {len(rates)} runs", f"≥ {R8_MIN_GAIN_RATE}",
+                                    min(rates) >= R8_MIN_GAIN_RATE))
+    return check
+
+
 SUITE_CHECKS: dict[str, tuple[Callable[[dict], Check], ...]] = {
-    "digits_transfer": (check_r1, check_r2, check_r3, check_r5b),
-    "colored_mnist": (check_r4,),
-    "pacs": (check_r5,),
-    "cifar10_subset": (check_r6,),
+    "digits_transfer": (check_r1, check_r2, check_r3, check_r5b, check_r7, check_r8),
+    "colored_mnist": (check_r4, check_r7, check_r8),
+    "pacs": (check_r5, check_r7, check_r8),
+    "cifar10_subset": (check_r6, check_r7, check_r8),
 }
 
 

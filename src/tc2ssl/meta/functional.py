@@ -217,7 +217,8 @@ def hessian_vector_product_fd(loss_fn: LossFn, params: Params, vector: Params, r
 
 def hypergradient(outer_loss_fn: LossFn, inner_loss_fn: LossFn, params: Params, lr: float,
                   mode: str = "first_order", fd_radius: float = 1e-2, steps: int = 1,
-                  first_inner_loss: torch.Tensor | None = None) -> HypergradResult:
+                  first_inner_loss: torch.Tensor | None = None,
+                  probe_loss_fn: LossFn | None = None) -> HypergradResult:
     """d/dθ L_out(φ_K(θ)) where φ_K is ``steps`` inner SGD steps of size ``lr`` on L_in from θ = ``params``.
 
     ``mode``: ``"first_order"`` (FOMAML, g = ∇L_out(φ_K)), ``"finite_difference"`` (unrolled AID-FD, SPEC (S5),
@@ -227,6 +228,11 @@ def hypergradient(outer_loss_fn: LossFn, inner_loss_fn: LossFn, params: Params, 
     ``first_inner_loss``: L_in(θ) already evaluated by the caller on ``params``, which must then be leaves that
     require grad (:func:`detached_leaves`); it replaces the engine's own first call of ``inner_loss_fn`` (a shared
     forward, see the module docstring). In ``"exact"`` mode its graph must be differentiable twice, as usual.
+
+    ``probe_loss_fn``: the inner loss that the finite-difference probes θ ± εv evaluate (default
+    ``inner_loss_fn``). The probes are numerical devices, not training forwards: a caller whose inner loss runs a
+    module with train-mode BatchNorm passes one that runs on scratch buffers (:func:`cloned_buffers`), so that the
+    probes leave the running statistics alone.
     """
     if mode not in HYPERGRADIENT_MODES:
         raise ConfigError(f"hypergradient mode must be one of {HYPERGRADIENT_MODES}, got {mode!r}")
@@ -249,7 +255,7 @@ def hypergradient(outer_loss_fn: LossFn, inner_loss_fn: LossFn, params: Params, 
         grads = grad_dict(outer_loss, adapted)                                      # v = ∇L_out(φ_K)
         if mode == "finite_difference":
             for phi in reversed(trajectory[:-1]):                                   # v ← v − α·H(φ_{k−1})·v
-                hvp = hessian_vector_product_fd(inner_loss_fn, phi, grads, fd_radius)
+                hvp = hessian_vector_product_fd(probe_loss_fn or inner_loss_fn, phi, grads, fd_radius)
                 grads = {n: g - lr * hvp[n] for n, g in grads.items()}
     return HypergradResult(
         outer_loss=outer_loss.detach(),

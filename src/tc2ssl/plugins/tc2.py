@@ -345,6 +345,9 @@ class TaskPlugin(Plugin):
             return calibrated_views(z.view(n, v, *z.shape[1:]))
 
         health_step = info.step % max(1, p.health_every) == 0
+        children = {name.split(".", 1)[0] for name in theta}              # the modules θ routes to (embed's)
+        probe_buffers = ({n: b for n, b in method.named_buffers() if n.split(".", 1)[0] in children}
+                         if p.stage2_mode == "finite_difference" else {})
         meta_grads: dict | None = None
         task_support_grads = []
         inner_losses, query_losses = [], []
@@ -364,6 +367,9 @@ class TaskPlugin(Plugin):
                 ctx = LossContext(params=params, views=xs, calibrate=cal)
                 return method.support_loss(embed_views(params, xs), ctx)
 
+            def probe_loss(params, inner_loss=inner_loss):    # the FD probes: BN running statistics untouched
+                return inner_loss({**params, **{n: b.detach().clone() for n, b in probe_buffers.items()}})
+
             at_adapted = {}
 
             def outer_loss(params, xs=xs, xq=xq, at_adapted=at_adapted):            # L_sse^q summand of Eq. (7)
@@ -376,10 +382,10 @@ class TaskPlugin(Plugin):
                 first = method.support_loss(calibrated_views(shared.support[k]),
                                             LossContext(params=shared.theta, views=xs, calibrate=cal))
                 result = hypergradient(outer_loss, inner_loss, shared.theta, lr=p.beta1, mode=p.stage2_mode,
-                                       fd_radius=p.fd_radius, first_inner_loss=first)
+                                       fd_radius=p.fd_radius, first_inner_loss=first, probe_loss_fn=probe_loss)
             else:
                 result = hypergradient(outer_loss, inner_loss, theta, lr=p.beta1, mode=p.stage2_mode,
-                                       fd_radius=p.fd_radius)
+                                       fd_radius=p.fd_radius, probe_loss_fn=probe_loss)
             task_support_grads.append(result.inner_grads)
             inner_losses.append(result.inner_losses[0].detach())
             query_losses.append(result.outer_loss.detach())
