@@ -5,7 +5,8 @@
                                                         the same run per plug-in, one report side by side
     tc2ssl figure1 [--plugins tasks,tc2] [--seeds 0,1,2] [key=value ...]
                                                         Figure 1: inter-task gradient cosine per epoch
-    tc2ssl benchmark SUITE [--preset smoke|cpu|paper] [--plugins none,tasks,tc2] [--seeds 0,1,2] [key=value ...]
+    tc2ssl benchmark SUITE [--preset smoke|cpu|paper] [--plugins none,tasks,tc2] [--seeds 0,1,2]
+                     [--methods byol,...] [key=value ...]
                                                         transfer / OOD suites: pacs, colored_mnist, digits_transfer,
                                                         cifar10_subset (results.md: mean ± std, paired CIs,
                                                         the SPEC §9.2 checks R1-R6 with their verdicts)
@@ -50,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu", help="scale: smoke, cpu (default) or paper")
     p.add_argument("--plugins", default="none,tasks,tc2")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's)")
+    p.add_argument("--methods", default="", help="further SSL methods, comma-separated: rows METHOD/PLUGIN for "
+                   "every plug-in, paired with METHOD/none (the base method.name keeps the plain rows)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides and suite.KEY=VALUE suite options")
     p = sub.add_parser("recheck", help="recompute the SPEC §9.2 checks of a finished benchmark and rewrite its "
                        "results.json / results.md")
@@ -131,7 +134,8 @@ def _dispatch(args) -> int:
         from tc2ssl.benchmarks import parse_seeds, run_benchmark
 
         seeds = None if args.seeds is None else parse_seeds(args.seeds)
-        result = run_benchmark(args.suite, args.preset, args.plugins.split(","), seeds, args.overrides)
+        result = run_benchmark(args.suite, args.preset, args.plugins.split(","), seeds, args.overrides,
+                               methods=args.methods.split(","))
         print(json.dumps({row: {m: s["mean"] for m, s in by_metric.items()}
                           for row, by_metric in result["summary"].items()}, indent=2))
         return 0

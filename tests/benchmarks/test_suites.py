@@ -178,3 +178,23 @@ def test_colored_mnist_suite_data_is_the_registered_source_at_the_default_rho(sh
     ours, source = colored_training_data(cfg, 0.9), load_data(cfg)
     assert torch.equal(ours.train.images, source.train.images) and torch.equal(ours.train.groups, source.train.groups)
     assert torch.equal(ours.test.images, source.test.images)
+
+
+def test_methods_add_rows_paired_within_their_own_method(capsys, tmp_path):
+    base = config_mod.load_config((), ["method.name=simclr"])
+    from tc2ssl.benchmarks.suites import method_rows
+    rows = method_rows(base, ["none", "tc2"], ["simclr", "byol", "byol"])
+    assert rows == [Row("byol/none", "none", ("method.name=byol",), "byol/none"),
+                    Row("byol/tc2", "tc2", ("method.name=byol",), "byol/none")]
+    assert rows[1].folder == "byol_tc2"
+    suite = SUITES.get("cifar10_subset")
+    values = {"none": [0.5, 0.6], "tc2": [0.51, 0.62], "byol/none": [0.40, 0.42], "byol/tc2": [0.45, 0.47]}
+    runs = {label: {str(seed): {"metrics": {"linear_probe": v, "knn": v}, "seconds": 1.0, "run_dirs": [],
+                                "conflict": {}} for seed, v in enumerate(vs)} for label, vs in values.items()}
+    result = summarize_runs(suite, get_preset("cpu"), base, [Row("none", "none"), Row("tc2", "tc2"), *rows],
+                            [0, 1], {"max_test": 0}, runs)
+    assert result["paired"]["byol/tc2"]["linear_probe"]["mean"] == pytest.approx(0.05)  # against byol/none
+    assert result["paired"]["tc2"]["linear_probe"]["mean"] == pytest.approx(0.015)      # against none
+    assert "byol/none" not in result["paired"] and "none" not in result["paired"]
+    assert main(["benchmark", "--methods", "byol,dino", "pacs", f"out={tmp_path / 'o'}"]) == 2
+    assert "unknown SSL method 'dino'" in one_line_error(capsys) and not (tmp_path / "o").exists()

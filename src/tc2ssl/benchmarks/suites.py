@@ -54,15 +54,18 @@ TEST_SUBSET_SEED = 0
 
 @dataclass(frozen=True)
 class Row:
-    """One line of a benchmark table: a plug-in with optional extra config overrides (a K-ablation variant)."""
+    """One line of a benchmark table: a plug-in with optional extra config overrides (a K-ablation variant, or
+    another SSL method: ``--methods``). ``baseline`` is the label of the row it is paired with (the same method's
+    ``none`` row)."""
 
     label: str
     plugin: str
     overrides: tuple[str, ...] = ()
+    baseline: str = "none"
 
     @property
     def folder(self) -> str:
-        return self.label.replace(" ", "_").replace("=", "")
+        return self.label.replace(" ", "_").replace("=", "").replace("/", "_")
 
 
 @dataclass
@@ -298,6 +301,18 @@ def k_ablation_rows(base: config_mod.RunConfig, plugins: list[str], options: dic
             if k != base.plugin.n_tasks]
 
 
+def method_rows(base: config_mod.RunConfig, plugins: list[str], methods: list[str] | tuple[str, ...]) -> list[Row]:
+    """Rows ``METHOD/PLUGIN`` for every method of ``methods`` other than the base config's (``--methods``)."""
+    from tc2ssl.methods import METHODS
+
+    rows = []
+    for method in dict.fromkeys(m.strip() for m in methods if m.strip()):
+        METHODS.get(method)  # an unknown name fails here, listing the valid ones
+        if method != base.method.name:
+            rows += [Row(f"{method}/{p}", p, (f"method.name={method}",), f"{method}/none") for p in plugins]
+    return rows
+
+
 def k_ablation_report(result: dict, base: config_mod.RunConfig, out: Path) -> tuple[str, dict, list[Path]]:
     """The K curve (Table 13, R6): linear-probe accuracy of TC² against K, with the baseline as a line."""
     summary = result["summary"]
@@ -381,10 +396,12 @@ def read_conflict_series(run_dir: Path) -> list[float]:
 
 def run_benchmark(suite_name: str, preset_name: str = "cpu",
                   plugins: list[str] | tuple[str, ...] = ("none", "tasks", "tc2"), seeds: list[int] | None = None,
-                  overrides: list[str] | tuple[str, ...] = ()) -> dict:
+                  overrides: list[str] | tuple[str, ...] = (), methods: list[str] | tuple[str, ...] = ()) -> dict:
     """Run ``suite_name`` at ``preset_name`` scale for every plug-in and seed; write results.json / results.md /
     plots under ``out``. ``overrides``: ``key=value`` for the base config and ``suite.KEY=VALUE`` suite options.
-    Every run's config is built and validated before any work starts. Returns the content of results.json."""
+    ``methods``: further SSL methods, each run with every plug-in as rows ``METHOD/PLUGIN`` paired with
+    ``METHOD/none`` (the base config's ``method.name`` keeps the plain plug-in labels). Every run's config is built
+    and validated before any work starts. Returns the content of results.json."""
     suite = SUITES.get(suite_name)
     preset = get_preset(preset_name)
     options, cfg_overrides = suite_options(suite, preset, list(overrides))
@@ -400,6 +417,7 @@ def run_benchmark(suite_name: str, preset_name: str = "cpu",
     base = config_mod.load_config((), base_overrides)
     out = Path(base.out)
     rows = [Row(p, p) for p in plugins] + (suite.extra_rows(base, plugins, options) if suite.extra_rows else [])
+    rows += method_rows(base, plugins, methods)
     run_cfgs = {(row.label, seed): config_mod.load_config((), [
         *base_overrides, f"plugin.name={row.plugin}", *row.overrides, f"seed={seed}",
         f"out={out / f'{row.folder}_seed{seed}'}"]) for row in rows for seed in seeds}
@@ -474,12 +492,11 @@ def summarize_runs(suite: Suite, preset: BenchmarkPreset, base: config_mod.RunCo
     summary = {row.label: {m: summarize([runs[row.label][k]["metrics"][m] for k in keys]).as_dict()
                            for m in suite.metrics} for row in rows}
     paired = {}
-    if BASELINE in runs:
-        for row in rows:
-            if row.label != BASELINE:
-                paired[row.label] = {m: paired_difference([runs[row.label][k]["metrics"][m] for k in keys],
-                                                          [runs[BASELINE][k]["metrics"][m] for k in keys],
-                                                          CONFIDENCE).as_dict() for m in suite.metrics}
+    for row in rows:
+        if row.label != row.baseline and row.baseline in runs:
+            paired[row.label] = {m: paired_difference([runs[row.label][k]["metrics"][m] for k in keys],
+                                                      [runs[row.baseline][k]["metrics"][m] for k in keys],
+                                                      CONFIDENCE).as_dict() for m in suite.metrics}
     early, primary = [], []
     for by_seed in runs.values():
         for record in by_seed.values():
@@ -526,7 +543,8 @@ def results_markdown(suite: Suite, result: dict) -> str:
         cells = [f"{100 * by_metric[m]['mean']:.2f} ± {100 * by_metric[m]['std']:.2f}" for m in metrics]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if result["paired"]:
-        lines += ["", f"## Paired difference against `{BASELINE}` (points), mean [{CONFIDENCE:.0%} t-interval]", "",
+        lines += ["", f"## Paired difference against `{BASELINE}` (points; rows `METHOD/…` against `METHOD/none`), "
+                  f"mean [{CONFIDENCE:.0%} t-interval]", "",
                   "| row | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
         for label, by_metric in result["paired"].items():
             cells = [f"{_points(d['mean'])} [{_points(d['ci_low'])}, {_points(d['ci_high'])}]"
