@@ -1,5 +1,6 @@
 """``tc2ssl benchmark SUITE``: clear errors before any work, paired statistics over seeds, and each suite's smoke
 preset end to end on the real data (skipped without ../shared/data)."""
+import dataclasses
 import json
 
 import pytest
@@ -107,8 +108,12 @@ def smoke(suite: str, out, *extra: str) -> dict:
         assert set(result["paired"]) == set(labels) - {"none"}
         record = result["runs"][label]["0"]
         assert set(record["metrics"]) == set(result["metrics"])
-        assert all(len(series) == 1 for series in record["conflict"].values())  # one epoch, every plug-in logs
         assert set(record["diagnostics"]) == set(record["conflict"])
+        if label == "random_init":       # evaluated at initialisation: nothing trained, nothing logged
+            assert all(s == [] for s in record["conflict"].values())
+            assert all(d is None for d in record["diagnostics"].values())
+            continue
+        assert all(len(series) == 1 for series in record["conflict"].values())  # one epoch, every plug-in logs
         assert all(d["iterations"] == d["conflict_steps"] for d in record["diagnostics"].values())
     from tc2ssl.benchmarks.checks import SUITE_CHECKS
     assert [c["id"] for c in result["checks"]] == [f(result).id for f in SUITE_CHECKS[suite]]
@@ -165,7 +170,7 @@ def test_digits_transfer_smoke(shared_data, tmp_path):
 @pytest.mark.filterwarnings("ignore")
 def test_cifar10_subset_smoke_with_k_ablation(shared_data, tmp_path):
     result = smoke("cifar10_subset", tmp_path / "c10")
-    assert [row["label"] for row in result["rows"]] == ["none", "tasks", "tc2", "tc2 K=2", "tc2 K=8"]
+    assert [row["label"] for row in result["rows"]] == ["random_init", "none", "tasks", "tc2", "tc2 K=2", "tc2 K=8"]
     assert list(result["k_ablation"]) == ["2", "4", "8"]
     assert "k_curve.png" in result["plots"]
     k8 = yaml.safe_load((tmp_path / "c10" / "tc2_K8_seed0" / "config.yaml").read_text())
@@ -198,3 +203,21 @@ def test_methods_add_rows_paired_within_their_own_method(capsys, tmp_path):
     assert "byol/none" not in result["paired"] and "none" not in result["paired"]
     assert main(["benchmark", "--methods", "byol,dino", "pacs", f"out={tmp_path / 'o'}"]) == 2
     assert "unknown SSL method 'dino'" in one_line_error(capsys) and not (tmp_path / "o").exists()
+
+
+def test_random_init_row_is_the_untrained_start_of_the_pretraining(tmp_path):
+    """The ``random_init`` row evaluates the very weights the same seed's pretraining starts from."""
+    from tc2ssl.benchmarks.suites import SuiteContext, pretrain_backbone
+    from tc2ssl.train.loop import build_run
+
+    cfg = config_mod.load_config((), ["model.backbone=small_cnn_tiny", "data.max_train=64", "train.batch_size=32",
+                                      "seed=3", f"out={tmp_path / 'r'}"])
+    data = load_data(cfg.data)
+    ctx = SuiteContext({}, torch.device("cpu"), untrained=True)
+    backbone, run_dir = pretrain_backbone(cfg, data, ctx)
+    start = build_run(cfg, data).method.backbone.state_dict()
+    assert set(backbone.state_dict()) == set(start)
+    assert all(torch.equal(v, start[k]) for k, v in backbone.state_dict().items())
+    assert (run_dir / "config.yaml").is_file() and not (run_dir / "metrics.jsonl").exists()
+    other = pretrain_backbone(dataclasses.replace(cfg, seed=4), data, ctx)[0].state_dict()
+    assert not all(torch.equal(v, start[k]) for k, v in other.items())

@@ -48,6 +48,9 @@ from tc2ssl.registry import Registry
 from tc2ssl.train.checkpoint import atomic_write_text
 
 BASELINE = "none"
+#: the pseudo plug-in of ``--plugins``: the backbone at its seeded initialisation, evaluated without pretraining
+RANDOM_INIT = "random_init"
+DEFAULT_PLUGINS = (RANDOM_INIT, BASELINE, "tasks", "tc2")
 CONFIDENCE = 0.95
 TEST_SUBSET_SEED = 0
 
@@ -62,6 +65,7 @@ class Row:
     plugin: str
     overrides: tuple[str, ...] = ()
     baseline: str = "none"
+    untrained: bool = False        # the ``random_init`` row: the backbone at its seeded initialisation
 
     @property
     def folder(self) -> str:
@@ -84,6 +88,7 @@ class SuiteContext:
     options: dict[str, Any]
     device: torch.device
     cache: dict = field(default_factory=dict)
+    untrained: bool = False        # set per run: evaluate the initialised backbone instead of pretraining it
 
     def cached(self, key: tuple, factory: Callable[[], Any]) -> Any:
         if key not in self.cache:
@@ -152,11 +157,18 @@ def single_threaded_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def pretrain_backbone(cfg: config_mod.RunConfig, data: DataSplits):
-    """Pretrain ``cfg`` on ``data``; return the exported (frozen) backbone and the run folder."""
+def pretrain_backbone(cfg: config_mod.RunConfig, data: DataSplits, ctx: SuiteContext):
+    """Pretrain ``cfg`` on ``data``; return the exported (frozen) backbone and the run folder. For the
+    ``random_init`` row (``ctx.untrained``): the same backbone at the initialisation its pretraining starts from
+    (same seed), untrained; its folder holds only ``config.yaml``."""
     from tc2ssl.train.loop import pretrain
-    from tc2ssl.workflows import load_backbone
+    from tc2ssl.workflows import load_backbone, random_init_backbone
 
+    if ctx.untrained:
+        run_dir = Path(cfg.out)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", config_mod.to_yaml(cfg))
+        return random_init_backbone(cfg, int(data.train.images.shape[1])).eval(), run_dir
     run_dir = pretrain(cfg, data)
     backbone, _ = load_backbone(run_dir)
     return backbone, run_dir
@@ -199,7 +211,7 @@ def pacs(cfg: config_mod.RunConfig, ctx: SuiteContext) -> RunOutcome:
     from tc2ssl.eval.linear_probe import linear_probe
 
     data = load_data(cfg.data)
-    backbone, run_dir = pretrain_backbone(cfg, data)
+    backbone, run_dir = pretrain_backbone(cfg, data, ctx)
     ev = cfg.eval
     sets = {}
     for domain in PACS_DOMAINS:
@@ -248,7 +260,7 @@ def colored_mnist(cfg: config_mod.RunConfig, ctx: SuiteContext) -> RunOutcome:
 
     rho = float(ctx.options["rho"])
     data = ctx.cached(("colored_mnist", repr(cfg.data), rho), lambda: colored_training_data(cfg.data, rho))
-    backbone, run_dir = pretrain_backbone(cfg, data)
+    backbone, run_dir = pretrain_backbone(cfg, data, ctx)
     results = evaluate_backbone(backbone, data.train, capped(data.test, ctx.options["max_test"]), cfg.eval,
                                 device=ctx.device, seed=cfg.seed)
     aligned_names = {GROUP_NAMES[10 * c + c] for c in range(len(COLOUR_NAMES))}
@@ -280,7 +292,7 @@ def digits_transfer(cfg: config_mod.RunConfig, ctx: SuiteContext) -> RunOutcome:
         run_cfg = dataclasses.replace(cfg, out=str(Path(cfg.out) / ("mnist_grey" if channels == 1 else "mnist_rgb")),
                                       data=dataclasses.replace(cfg.data, channels=channels))
         data = ctx.cached(("mnist", repr(run_cfg.data)), lambda: load_data(run_cfg.data))
-        backbone, run_dir = pretrain_backbone(run_cfg, data)
+        backbone, run_dir = pretrain_backbone(run_cfg, data, ctx)
         splits = ctx.cached((target, channels), lambda: load_eval_splits(
             run_cfg, channels, data.train.resolution, target, cfg.data.root))
         results = evaluate_backbone(backbone, splits.train, capped(splits.test, ctx.options["max_test"]), cfg.eval,
@@ -309,7 +321,8 @@ def method_rows(base: config_mod.RunConfig, plugins: list[str], methods: list[st
     for method in dict.fromkeys(m.strip() for m in methods if m.strip()):
         METHODS.get(method)  # an unknown name fails here, listing the valid ones
         if method != base.method.name:
-            rows += [Row(f"{method}/{p}", p, (f"method.name={method}",), f"{method}/none") for p in plugins]
+            rows += [Row(f"{method}/{p}", p, (f"method.name={method}",), f"{method}/none") for p in plugins
+                     if p != RANDOM_INIT]  # the random-init backbone does not depend on the method
     return rows
 
 
@@ -343,7 +356,7 @@ def cifar10_subset(cfg: config_mod.RunConfig, ctx: SuiteContext) -> RunOutcome:
     from tc2ssl.eval.evaluate import evaluate_backbone
 
     data = ctx.cached(("cifar10_subset", repr(cfg.data)), lambda: load_data(cfg.data))
-    backbone, run_dir = pretrain_backbone(cfg, data)
+    backbone, run_dir = pretrain_backbone(cfg, data, ctx)
     results = evaluate_backbone(backbone, data.train, capped(data.test, ctx.options["max_test"]), cfg.eval,
                                 device=ctx.device, seed=cfg.seed)
     metrics = {"linear_probe": results["linear_probe"]["accuracy"], "knn": results["knn"]["accuracy"]}
@@ -390,12 +403,14 @@ def read_conflict_series(run_dir: Path) -> list[float]:
     """The per-epoch mean inter-task gradient cosine of a run (empty when the plug-in did not log it)."""
     from tc2ssl.report import read_metrics
 
+    if not (run_dir / "metrics.jsonl").is_file():      # the random_init row: nothing was trained
+        return []
     return [r["conflict/cos_mean"] for r in read_metrics(run_dir / "metrics.jsonl")
             if r.get("kind") == "epoch" and "conflict/cos_mean" in r]
 
 
 def run_benchmark(suite_name: str, preset_name: str = "cpu",
-                  plugins: list[str] | tuple[str, ...] = ("none", "tasks", "tc2"), seeds: list[int] | None = None,
+                  plugins: list[str] | tuple[str, ...] = DEFAULT_PLUGINS, seeds: list[int] | None = None,
                   overrides: list[str] | tuple[str, ...] = (), methods: list[str] | tuple[str, ...] = ()) -> dict:
     """Run ``suite_name`` at ``preset_name`` scale for every plug-in and seed; write results.json / results.md /
     plots under ``out``. ``overrides``: ``key=value`` for the base config and ``suite.KEY=VALUE`` suite options.
@@ -416,7 +431,8 @@ def run_benchmark(suite_name: str, preset_name: str = "cpu",
                       *cfg_overrides]
     base = config_mod.load_config((), base_overrides)
     out = Path(base.out)
-    rows = [Row(p, p) for p in plugins] + (suite.extra_rows(base, plugins, options) if suite.extra_rows else [])
+    rows = [Row(p, BASELINE, untrained=True) if p == RANDOM_INIT else Row(p, p) for p in plugins]
+    rows += suite.extra_rows(base, plugins, options) if suite.extra_rows else []
     rows += method_rows(base, plugins, methods)
     run_cfgs = {(row.label, seed): config_mod.load_config((), [
         *base_overrides, f"plugin.name={row.plugin}", *row.overrides, f"seed={seed}",
@@ -430,6 +446,7 @@ def run_benchmark(suite_name: str, preset_name: str = "cpu",
             run_cfg = run_cfgs[(row.label, seed)]
             print(f"benchmark {suite.name}: {row.label}, seed {seed} -> {run_cfg.out}", file=sys.stderr)
             start = time.perf_counter()
+            ctx.untrained = row.untrained
             with single_threaded_blas():  # numpy / scipy / scikit-learn only: torch does not use this OpenBLAS
                 outcome = suite.run(run_cfg, ctx)
             record = {"metrics": outcome.metrics, "seconds": time.perf_counter() - start,
