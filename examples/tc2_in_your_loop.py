@@ -5,6 +5,8 @@
 Your encoder, your optimiser, your loop; tc2ssl supplies the SSL head and loss (SimCLR here), the K tasks per
 batch, the calibration networks f_v and f_w (stage 1) and the bi-level encoder gradient (stage 2).
 """
+import os
+
 import torch
 import torch.nn as nn
 from sklearn.datasets import load_digits
@@ -28,7 +30,7 @@ tc2 = tc2ssl.TC2Step(method, image_size=16, channels=1, augment="digits", n_task
 optimizer = torch.optim.AdamW(method.parameters(), lr=2e-3)
 
 generator = torch.Generator().manual_seed(0)
-epochs, batch = 3, 128
+epochs, batch = int(os.environ.get("TC2SSL_EXAMPLE_EPOCHS", "3")), 128
 steps = epochs * (len(images) // batch)
 for epoch in range(epochs):
     order = torch.randperm(len(images), generator=generator)

@@ -35,3 +35,16 @@ def test_plus_t_and_validation():
         api.ssl_method("simclr", encoder())
     with pytest.raises(ConfigError, match="plugin.n_tasks"):
         api.TC2Step(method, image_size=8, channels=1, n_tasks=0)
+
+
+def test_tc2_step_takes_any_k_with_remainder_error():
+    """train.* plays no part in the API: the config checks of train.batch_size against plugin.n_tasks
+    (K <= batch, K divides the batch under remainder=error) must not reject a K the user's loop can serve."""
+    torch.manual_seed(0)
+    method = api.ssl_method("simclr", encoder(), feat_dim=8, proj_output_dim=8, proj_hidden_dim=16)
+    step = api.TC2Step(method, image_size=8, channels=1, augment="none", n_tasks=3, n_views=3, remainder="error")
+    metrics = step((torch.rand(24, 1, 8, 8) * 255).to(torch.uint8))                  # 24 = 3 tasks of 8
+    assert torch.isfinite(metrics["loss"])
+    with pytest.raises(ConfigError, match="not divisible by plugin.n_tasks=3"):
+        step((torch.rand(25, 1, 8, 8) * 255).to(torch.uint8))
+    assert api.TC2Step(method, image_size=8, channels=1, augment="none", n_tasks=300).plugin.cfg.n_tasks == 300

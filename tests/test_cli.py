@@ -66,6 +66,20 @@ BAD_INPUTS = {
     "override without =": (["pretrain", "train.epochs"], "bad override 'train.epochs': expected key=value"),
     "batch larger than the data": (["pretrain", "data.max_train=10", "train.batch_size=16"],
                                    "train.batch_size=16 is larger than the 10 training images"),
+    # combinations that used to fail only after the work had started (during a step, or when building the run)
+    "remainder=error with a batch K does not divide": (
+        ["pretrain", "plugin.name=tc2", "plugin.remainder=error", "plugin.n_tasks=4", "train.batch_size=30"],
+        "plugin.remainder=error needs train.batch_size divisible by plugin.n_tasks, got train.batch_size=30 and "
+        "plugin.n_tasks=4"),
+    "mae on a CNN": (["pretrain", "method.name=mae", "model.backbone=small_cnn_tiny"],
+                     "model.backbone must be vit_tiny (the preset `-p mae` sets it), got model.backbone=small_cnn_tiny"),
+    "one support view for simclr": (["pretrain", "plugin.name=tasks", "plugin.n_support_views=1"],
+                                    "allowed: 2 <= plugin.n_support_views < plugin.n_views=4"),
+    "16-mixed with tc2": (["pretrain", "plugin.name=tc2", "train.precision=16-mixed"],
+                          "train.precision=16-mixed is not supported with plugin.name=tc2"),
+    "widths with small_cnn_tiny": (["pretrain", "model.backbone=small_cnn_tiny", "model.widths=[8,8,8,8]"],
+                                   "model.widths=[8, 8, 8, 8] is not used by model.backbone=small_cnn_tiny, whose "
+                                   "widths are fixed at [16, 32, 64, 64]"),
     "unknown preset": (["config", "-p", "no_such_preset"], "valid presets: default"),
     "evaluate a folder that is not a run": (["evaluate", "{tmp}/empty"], "{tmp}/empty is not a tc2ssl run folder"),
 }
@@ -79,6 +93,42 @@ def test_bad_input_is_a_one_line_error_with_status_2(case, inputs, capsys):
         argv.append(f"out={inputs / 'run'}")
     rc = main(argv)
     assert_one_line_error(rc, capsys.readouterr().err, fragment.format(tmp=inputs))
+    assert not (inputs / "run").exists(), "the error came after the run folder was created"
+
+
+def test_pretrain_with_evaluation_writes_eval_files_report_and_loss_curve(tmp_path, capsys):
+    """`tc2ssl pretrain` end to end with evaluation on: eval.json / eval.md, report.md and the loss curve."""
+    out = tmp_path / "run"
+    assert main(["pretrain", "model.backbone=small_cnn_tiny", "train.batch_size=32", "data.max_train=256",
+                 "train.epochs=1", "train.progress=false", "eval.probe_cs=[1.0]", "eval.max_train=200",
+                 "eval.probe_max_iter=200", f"out={out}"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+
+    results = json.loads((out / "eval.json").read_text())
+    assert set(results) == {"pretrained", "random_init"}
+    for result in results.values():
+        assert result["n_train"] == 200 and result["n_test"] > 0           # eval.max_train subsampled the 256
+        assert result["linear_probe"]["best_c"] == 1.0
+        for accuracy in (result["linear_probe"]["accuracy"], result["knn"]["accuracy"]):
+            assert 0.0 <= accuracy <= 1.0
+    pretrained = results["pretrained"]
+    assert summary == {name: {"linear_probe": r["linear_probe"]["accuracy"], "knn": r["knn"]["accuracy"]}
+                       for name, r in results.items()}
+    probe_cell = f"{100 * pretrained['linear_probe']['accuracy']:.2f}"
+    eval_md = (out / "eval.md").read_text()
+    assert f"| pretrained | {pretrained['dataset']} | {probe_cell} | 1 |" in eval_md and "| random init |" in eval_md
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epoch = [r for r in records if r["kind"] == "epoch"]
+    assert len(epoch) == 1 and len([r for r in records if r["kind"] == "step"]) >= 2
+    report = (out / "report.md").read_text()
+    assert "## Settings" in report and "backbone: small_cnn_tiny" in report and "max_train: 200" in report
+    assert f"final loss (mean of epoch 0): {epoch[0]['loss']:.4f}" in report
+    assert f"| pretrained | {pretrained['dataset']} | {probe_cell} | 1 |" in report
+    assert "| random init |" in report and "Pretrained minus random init" in report
+    assert "![training loss](loss_curve.png)" in report
+    png = (out / "loss_curve.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000      # a drawn figure, not an empty file
 
 
 def test_evaluate_rejects_other_overrides_and_a_run_without_encoder(tmp_path, capsys):

@@ -48,3 +48,31 @@ def test_support_views_must_leave_a_query():
 def test_unknown_preset_lists_presets():
     with pytest.raises(ConfigError, match="valid presets: .*default"):
         load_config(["nope"], [])
+
+
+def test_small_cnn_tiny_records_the_widths_it_builds():
+    from tc2ssl.models import build_backbone
+
+    cfg = load_config((), ["model.backbone=small_cnn_tiny"])
+    assert cfg.model.widths == [16, 32, 64, 64]
+    assert "- 16\n" in to_yaml(cfg) and "- 128\n" not in to_yaml(cfg)               # config.yaml tells the truth
+    built = [block[0].out_channels for block in build_backbone(cfg.model, 1).blocks]
+    assert built == cfg.model.widths
+    # a run folder written before widths were resolved recorded the unused default: it reloads as what was built
+    legacy = to_dict(cfg)
+    legacy["model"]["widths"] = [32, 64, 128, 128]
+    assert from_dict(legacy).model.widths == [16, 32, 64, 64]
+    assert load_config((), ["model.widths=[8,16,16,32]"]).model.widths == [8, 16, 16, 32]   # small_cnn honours it
+
+
+def test_cross_key_rules_accept_what_is_valid():
+    """The counterparts of the rejected combinations (tests/test_cli.py BAD_INPUTS) still load."""
+    assert load_config((), ["plugin.name=tc2", "plugin.remainder=error", "plugin.n_tasks=4",
+                            "train.batch_size=32"]).plugin.remainder == "error"
+    assert load_config((), ["plugin.name=tc2", "plugin.n_tasks=3", "train.batch_size=32"]).plugin.n_tasks == 3  # drop
+    assert load_config(["mae"], ["plugin.name=tc2"]).plugin.n_support_views == 1      # MAE's minimum is 1
+    assert load_config((), ["train.precision=16-mixed"]).train.precision == "16-mixed"  # the baseline is scaled
+    with pytest.raises(ConfigError, match=r"method.patch_size=8 .* valid value: 4"):
+        load_config(["mae"], ["method.patch_size=8"])
+    with pytest.raises(ConfigError, match=r"plugin.n_support_views=1 is too small for method.name=byol"):
+        load_config((), ["plugin.name=tc2", "method.name=byol", "plugin.n_support_views=1"])

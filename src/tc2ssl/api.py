@@ -61,6 +61,10 @@ class TC2Step:
     def __init__(self, method: SSLMethod, image_size: int, channels: int, plugin: str = "tc2",
                  augment="cifar", seed: int = 0, **plugin_options):
         overrides = [f"plugin.name={plugin}"] + [f"plugin.{k}={v}" for k, v in plugin_options.items()]
+        # your loop's batch is yours (train.* is not used here): a batch of K images keeps the checks of
+        # train.batch_size against plugin.n_tasks (K <= batch, plugin.remainder=error) out of the way
+        k = plugin_options.get("n_tasks", config_mod.PluginConfig.n_tasks)
+        overrides.append(f"train.batch_size={k if isinstance(k, int) and k >= 2 else 2}")
         cfg = config_mod.load_config((), overrides)
         view_maker = ViewMaker(augment, image_size, channels) if isinstance(augment, str) else augment
         device = next(method.parameters()).device

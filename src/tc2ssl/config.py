@@ -54,7 +54,8 @@ class DataConfig:
 class ModelConfig:
     backbone: str = field(default="small_cnn", metadata={"registry": "backbone", "help": "backbone name, or timm:NAME"})
     cifar_stem: bool = field(default=True, metadata={"help": "ResNet: 3x3 stride-1 stem without max-pool (small images)"})
-    widths: list[int] = field(default_factory=lambda: [32, 64, 128, 128], metadata={"help": "SmallCNN widths"})
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128, 128],
+                              metadata={"help": "small_cnn widths (small_cnn_tiny's are fixed at 16-32-64-64)"})
     pretrained: bool = False
 
 
@@ -272,8 +273,33 @@ def _registries() -> dict:
     return {"data": SOURCES, "method": METHODS, "backbone": BACKBONES, "plugin": PLUGINS}
 
 
+def _check_model(cfg: RunConfig) -> None:
+    """The backbone-dependent keys: small_cnn_tiny's fixed widths (resolved into ``model.widths`` so that the
+    config records the widths actually built) and MAE's ViT."""
+    from tc2ssl.models.backbones import SMALL_CNN_TINY_WIDTHS, VIT_TINY_PATCH_SIZE
+
+    model = cfg.model
+    if model.backbone == "small_cnn_tiny":
+        default = ModelConfig().widths
+        if list(model.widths) not in (default, list(SMALL_CNN_TINY_WIDTHS)):
+            raise ConfigError(f"model.widths={list(model.widths)} is not used by model.backbone=small_cnn_tiny, whose "
+                              f"widths are fixed at {list(SMALL_CNN_TINY_WIDTHS)}: leave model.widths unset, or use "
+                              f"model.backbone=small_cnn model.widths={list(model.widths)}")
+        # the default [32, 64, 128, 128] would misreport what small_cnn_tiny builds (also in older run folders)
+        model.widths = list(SMALL_CNN_TINY_WIDTHS)
+    if cfg.method.name == "mae":
+        if model.backbone != "vit_tiny":
+            raise ConfigError(f"method.name=mae needs a ViT encoder that skips masked patches: model.backbone must be "
+                              f"vit_tiny (the preset `-p mae` sets it), got model.backbone={model.backbone}")
+        if cfg.method.patch_size != VIT_TINY_PATCH_SIZE:
+            raise ConfigError(f"method.patch_size={cfg.method.patch_size} differs from the patch size of "
+                              f"model.backbone=vit_tiny; valid value: {VIT_TINY_PATCH_SIZE}")
+
+
 def validate(cfg: RunConfig) -> None:
-    """Check every constrained field; raise ConfigError naming the key and the allowed values."""
+    """Check every constrained field; raise ConfigError naming the key and the allowed values.
+
+    Also resolves ``model.widths`` of ``small_cnn_tiny`` to the widths it builds (see ``_check_model``)."""
     registries = _registries()
 
     def walk(obj: Any, prefix: str) -> None:
@@ -303,13 +329,29 @@ def validate(cfg: RunConfig) -> None:
                     raise ConfigError(f"{key}={value!r} is unknown; valid names: {', '.join(reg.names())}")
 
     walk(cfg, "")
+    _check_model(cfg)
     p = cfg.plugin
     if p.name != "none":
         if p.n_support_views >= p.n_views:
             raise ConfigError(f"plugin.n_support_views={p.n_support_views} must be < plugin.n_views={p.n_views} "
                               "(the query set needs at least one view)")
-        if p.n_tasks > cfg.train.batch_size:
-            raise ConfigError(f"plugin.n_tasks={p.n_tasks} exceeds train.batch_size={cfg.train.batch_size}")
+        minimum = getattr(registries["method"].get(cfg.method.name), "min_support_views", 1)
+        if p.n_support_views < minimum:
+            raise ConfigError(f"plugin.n_support_views={p.n_support_views} is too small for "
+                              f"method.name={cfg.method.name}: its support loss needs at least {minimum} views per "
+                              f"image; allowed: {minimum} <= plugin.n_support_views < plugin.n_views={p.n_views}")
+        batch, k = cfg.train.batch_size, p.n_tasks
+        if k > batch:
+            raise ConfigError(f"plugin.n_tasks={k} exceeds train.batch_size={batch}")
+        if p.remainder == "error" and batch % k:
+            raise ConfigError(f"plugin.remainder=error needs train.batch_size divisible by plugin.n_tasks, got "
+                              f"train.batch_size={batch} and plugin.n_tasks={k}: use a multiple of {k} (e.g. "
+                              f"train.batch_size={batch - batch % k}) or plugin.remainder=drop")
+        if cfg.train.precision == "16-mixed":
+            # the plug-in computes its gradients functionally (torch.autograd.grad through the inner step of Eq. 6)
+            # and sets .grad itself: the loop's loss scaling cannot reach them, and fp16 gradients may underflow
+            raise ConfigError(f"train.precision=16-mixed is not supported with plugin.name={p.name} (its functional "
+                              "gradients are not loss-scaled); valid values with it: 32-true, bf16-mixed, 64-true")
     if cfg.train.devices > 1:
         from tc2ssl.distributed import check_config
 

@@ -39,3 +39,44 @@ def test_timm_missing_is_a_clear_error():
     except ImportError:
         with pytest.raises(ConfigError, match="pip install timm"):
             build_backbone(ModelConfig(backbone="timm:resnet18"), 3)
+
+
+def test_timm_backbone_taps_are_timms_feature_stages():
+    timm = pytest.importorskip("timm")
+    net = build_backbone(ModelConfig(backbone="timm:resnet10t"), 1).eval()           # pretrained=False
+    assert net.tap_names == ("act1", "layer1", "layer2", "layer3", "layer4", "stage_last")
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    h = net(x)
+    assert h.shape == (2, 512) and net.feat_dim == 512
+    taps = net.forward_features(x, taps=net.tap_names)
+    assert {k: tuple(v.shape) for k, v in taps.items()} == {
+        "act1": (2, 64), "layer1": (2, 64), "layer2": (2, 128), "layer3": (2, 256), "layer4": (2, 512),
+        "stage_last": (2, 512)}
+    # the maps of timm's own feature extractor with the same weights, average-pooled
+    reference = timm.create_model("resnet10t", pretrained=False, features_only=True, in_chans=1).eval()
+    missing, unexpected = reference.load_state_dict(net.net.state_dict(), strict=False)
+    assert not missing and not unexpected
+    names = reference.feature_info.module_name()
+    assert names == list(net.tap_names[:-1])
+    for name, feature_map in zip(names, reference(x)):
+        torch.testing.assert_close(taps[name], feature_map.mean(dim=(-2, -1)))
+    torch.testing.assert_close(taps["stage_last"], h)
+    assert list(net.forward_features(x, taps=("early", "last"))) == ["layer2", "stage_last"]
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())    # hooks removed
+    with pytest.raises(ConfigError, match="valid taps: act1, layer1"):
+        net.forward_features(x, taps=("layer9",))
+
+
+def test_timm_vit_taps_pool_its_tokens():
+    pytest.importorskip("timm")
+    net = build_backbone(ModelConfig(backbone="timm:test_vit"), 3).eval()             # 6 blocks of width 64
+    x = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(0))
+    blocks = tuple(f"blocks.{i}" for i in range(6))
+    assert net.tap_names == (*blocks, "stage_last") and net.aliases["early"] == "blocks.3"
+    seen = {}
+    handle = net.net.blocks[5].register_forward_hook(lambda _m, _a, out: seen.setdefault("tokens", out))
+    taps = net.forward_features(x, taps=(*blocks, "last"))
+    handle.remove()
+    assert all(taps[b].shape == (2, 64) for b in blocks) and taps["stage_last"].shape == (2, net.feat_dim)
+    torch.testing.assert_close(taps["blocks.5"], seen["tokens"].mean(dim=1))          # [N, T, C] -> mean over T
+    torch.testing.assert_close(taps["stage_last"], net(x))

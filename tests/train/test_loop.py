@@ -1,4 +1,5 @@
-"""The pretraining loop: run-folder contents, ``train.max_steps``, and a non-finite loss stopping the run."""
+"""The pretraining loop: run-folder contents, ``train.max_steps``, a non-finite loss stopping the run, the logged
+learning rate, and the loss scaling of 16-mixed."""
 import json
 import re
 from pathlib import Path
@@ -8,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from tc2ssl.config import load_config
-from tc2ssl.errors import TrainingError
+from tc2ssl.errors import ConfigError, TrainingError
+from tc2ssl.plugins.base import StepInfo
 from tc2ssl.plugins.baseline import Baseline
 from tc2ssl.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from tc2ssl.train.loop import load_run_config, pretrain
@@ -103,3 +105,141 @@ def test_non_finite_loss_in_a_fresh_run_does_not_point_to_a_stale_checkpoint(tmp
     with pytest.raises(TrainingError) as excinfo:
         pretrain(tiny_config(tmp_path, "train.epochs=1", "seed=1"))
     assert "epoch -1" not in str(excinfo.value)
+
+
+# ---------------------------------------------------------------------------------------------- logged lr
+def test_metrics_log_the_lr_each_step_used(tmp_path, monkeypatch):
+    """Warm-up over epoch 0 (2 steps), then cosine: the logged lr is the one the optimiser stepped with (step 0
+    at lr/2), not the next step's, which the scheduler sets after the step."""
+    used = []
+    adamw_step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return adamw_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    pretrain(tiny_config(tmp_path, "train.epochs=2", "train.lr=0.004", "train.warmup_epochs=1", "train.log_every=1"))
+    logged = [r["lr"] for r in records(tmp_path, "step")]
+    assert logged == used and len(used) == 4
+    assert logged == pytest.approx([0.002, 0.004, 0.004, 0.002])     # warm-up 1/2, 2/2; cosine at 0 and 1/2
+
+
+# ---------------------------------------------------------------------------------------------- 16-mixed scaling
+def test_loss_scaler_only_for_16_mixed_on_a_device_and_never_for_functional_gradients(tmp_path):
+    from tc2ssl.train.loop import build_grad_scaler, build_run
+
+    cuda = torch.device("cuda")       # build_grad_scaler only decides; nothing runs on the device
+    baseline = build_run(tiny_config(tmp_path, "train.epochs=1"))
+    assert build_grad_scaler(baseline.cfg.train, cuda, baseline.plugin) is None                  # 32-true
+    mixed = tiny_config(tmp_path, "train.precision=16-mixed").train
+    assert build_grad_scaler(mixed, torch.device("cpu"), baseline.plugin) is None    # Fabric: bf16 on a CPU
+    tc2 = build_run(tiny_config(tmp_path, "plugin.name=tc2", "plugin.n_tasks=2"))
+    assert not tc2.plugin.supports_loss_scaling and baseline.plugin.supports_loss_scaling
+    with pytest.raises(ConfigError, match="16-mixed is not supported with plugin.name=tc2"):
+        build_grad_scaler(mixed, cuda, tc2.plugin)                          # even when validation was bypassed
+    with pytest.raises(ConfigError, match="16-mixed is not supported with plugin.name=tc2"):
+        load_config((), [*TINY_RUN, "plugin.name=tc2", "train.precision=16-mixed"])
+
+
+def scaled_baseline_step(tmp_path, scaler, grad_clip: float):
+    """One baseline step (SGD, so the update is linear in the gradient) with ``scaler`` (None = unscaled):
+    (the raw .grad after training_step, the parameters after apply_gradients)."""
+    from tc2ssl.train.loop import apply_gradients, build_run
+    from tc2ssl.train.schedule import build_optimizer
+
+    run = build_run(tiny_config(tmp_path, "train.optimizer=sgd", "train.lr=0.1", "plugin.conflict_every=0"))
+    params = run.method.online_parameters()
+    optimizer = build_optimizer(params.values(), run.cfg.train)
+    run.plugin.loss_scaler = scaler
+    run.plugin.training_step(run.data.train.images[:16], StepInfo(epoch=0, step=0, seed=5))
+    raw = {k: p.grad.clone() for k, p in params.items()}
+    apply_gradients(optimizer, params.values(), grad_clip, scaler)
+    return raw, {k: p.detach().clone() for k, p in params.items()}
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 1e-2])
+def test_a_scaled_baseline_step_equals_the_unscaled_one(tmp_path, grad_clip):
+    """GradScaler on a CPU in float32: the backward is scaled (.grad = S·g), and the optimiser sees g again,
+    unscaled BEFORE clipping (a clip of the scaled gradient would shrink the update by S)."""
+    scale = 2.0 ** 12
+    plain_grads, plain_params = scaled_baseline_step(tmp_path, None, grad_clip)
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    scaled_grads, scaled_params = scaled_baseline_step(tmp_path, scaler, grad_clip)
+    for k, g in plain_grads.items():
+        assert torch.isfinite(scaled_grads[k]).all()
+        torch.testing.assert_close(scaled_grads[k], g * scale, rtol=1e-5, atol=1e-7 * scale)
+    if grad_clip:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in plain_grads.values()]))
+        assert norm > 10 * grad_clip                                          # the clip is active
+    for k, p in plain_params.items():
+        torch.testing.assert_close(scaled_params[k], p, rtol=1e-5, atol=1e-7)
+    assert scaler.get_scale() == scale                                       # finite: no back-off
+
+
+def test_a_non_finite_scaled_gradient_skips_the_step_and_backs_off(tmp_path):
+    from tc2ssl.train.loop import apply_gradients, build_run
+    from tc2ssl.train.schedule import build_optimizer
+
+    run = build_run(tiny_config(tmp_path, "train.optimizer=sgd", "plugin.conflict_every=0"))
+    params = run.method.online_parameters()
+    optimizer = build_optimizer(params.values(), run.cfg.train)
+    run.plugin.loss_scaler = scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    run.plugin.training_step(run.data.train.images[:16], StepInfo(epoch=0, step=0, seed=5))
+    before = {k: p.detach().clone() for k, p in params.items()}
+    next(iter(params.values())).grad.view(-1)[0] = float("inf")          # an fp16 overflow
+    apply_gradients(optimizer, params.values(), 1.0, scaler)
+    assert all(torch.equal(p, before[k]) for k, p in params.items())
+    assert scaler.get_scale() == 2.0 ** 11
+
+
+def test_the_loop_scales_unscales_and_checkpoints_with_a_loss_scaler(tmp_path, monkeypatch):
+    """The loop's wiring, with a CPU GradScaler standing in for the CUDA one of 16-mixed: every step scales the
+    backward, unscales and steps through the scaler, and the run ends with the weights of an unscaled run."""
+    from tc2ssl.train import loop
+
+    class CountingScaler(torch.amp.GradScaler):
+        def __init__(self):
+            super().__init__("cpu", init_scale=2.0 ** 14)
+            self.calls = {"scale": 0, "unscale_": 0, "step": 0}
+
+        def scale(self, outputs):
+            self.calls["scale"] += 1
+            return super().scale(outputs)
+
+        def unscale_(self, optimizer):
+            self.calls["unscale_"] += 1
+            return super().unscale_(optimizer)
+
+        def step(self, optimizer, *args, **kwargs):
+            self.calls["step"] += 1
+            return super().step(optimizer, *args, **kwargs)
+
+    common = ("train.epochs=2", "train.optimizer=sgd", "train.lr=0.05", "train.grad_clip=0.01",
+              "plugin.conflict_every=0")
+    pretrain(tiny_config(tmp_path / "plain", *common))
+    scalers = []
+    monkeypatch.setattr(loop, "build_grad_scaler", lambda *_: scalers.append(CountingScaler()) or scalers[-1])
+    pretrain(tiny_config(tmp_path / "scaled", *common))
+    assert scalers[0].calls == {"scale": 4, "unscale_": 4, "step": 4}       # 2 epochs x 2 steps
+    assert load_checkpoint(tmp_path / "scaled" / CHECKPOINT_NAME)["scaler"]["scale"] == 2.0 ** 14
+    plain, scaled = load_file(tmp_path / "plain" / "encoder.safetensors"), load_file(tmp_path / "scaled" / "encoder.safetensors")
+    initial = loop.build_run(tiny_config(tmp_path / "init")).method.backbone.state_dict()
+    moved = [k for k in plain if plain[k].is_floating_point() and not torch.equal(plain[k], initial[k])]
+    assert moved
+    for k in moved:
+        torch.testing.assert_close(scaled[k] - initial[k], plain[k] - initial[k], rtol=1e-3, atol=1e-8)
+
+
+def test_resume_accepts_a_checkpoint_that_recorded_small_cnn_tiny_with_the_default_widths(tmp_path):
+    """Before model.widths was resolved, small_cnn_tiny runs recorded [32, 64, 128, 128]: they still resume."""
+    from tc2ssl.train.checkpoint import save_checkpoint
+
+    pretrain(tiny_config(tmp_path, "train.epochs=2", "train.max_steps=2"))          # epoch 0 checkpointed
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert state["config"]["model"]["widths"] == [16, 32, 64, 64]
+    state["config"]["model"]["widths"] = [32, 64, 128, 128]
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, {k: v for k, v in state.items() if k != "format_version"})
+    pretrain(tiny_config(tmp_path, "train.epochs=2", "train.resume=true"))
+    assert [r["epoch"] for r in records(tmp_path, "epoch")] == [0, 1]
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["global_step"] == 4

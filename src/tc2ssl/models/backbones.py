@@ -6,10 +6,12 @@ per-layer diagnostics and UMM need.
 
 - ``small_cnn``: the CPU default, 4 conv blocks (widths ``model.widths``, default 32-64-128-128), stride 2 at blocks 2
   and 3, BN + ReLU. Taps ``block1..block4`` (``early`` = block2, ``last`` = block4).
-- ``small_cnn_tiny``: widths 16-32-64-64 (the spec's fast variant for the §9 checks).
+- ``small_cnn_tiny``: widths 16-32-64-64 (the spec's fast variant for the §9 checks), fixed: config validation
+  rejects other ``model.widths`` and records these.
 - ``resnet18`` / ``resnet50``: torchvision models (``model.cifar_stem``: 3x3 stride-1 conv, no max-pool), taps
   ``layer1..layer4``. Parameter names are torchvision's, so exported weights load into ``torchvision.models.resnet*``.
-- ``timm:NAME``: any timm model (``pip install timm``), taps from its ``feature_info``.
+- ``timm:NAME``: any timm model (``pip install timm``), taps from its ``feature_info`` (module names, e.g.
+  ``layer1..layer4``) and ``stage_last`` (the pooled output).
 - ``vit_tiny``: the spec's TinyViTMAE encoder (§2.1), a 4-block ViT of width 64 on 4-pixel patches, any channel
   count and any square side divisible by 4. Taps ``block1..block4``; ``encode_visible`` encodes only the visible
   tokens of a patch mask (MAE).
@@ -27,6 +29,10 @@ from tc2ssl.errors import ConfigError
 from tc2ssl.registry import Registry
 
 BACKBONES: Registry[Callable] = Registry("backbone", "model.backbone")
+#: the fixed widths of ``small_cnn_tiny`` (``model.widths`` applies to ``small_cnn`` only)
+SMALL_CNN_TINY_WIDTHS = (16, 32, 64, 64)
+#: the patch size of ``vit_tiny`` (MAE's ``method.patch_size`` must equal it)
+VIT_TINY_PATCH_SIZE = 4
 
 
 def _pool(x: torch.Tensor) -> torch.Tensor:
@@ -142,9 +148,14 @@ class TorchvisionResNet(Backbone):
 
 
 class TimmBackbone(Backbone):
-    """Any timm model (``model.backbone=timm:resnet34``); taps are timm's feature stages."""
+    """Any timm model (``model.backbone=timm:resnet34``), without its classifier.
 
-    aliases = {"last": "stage_last"}
+    Taps: timm's feature stages (the model's ``feature_info``), named by their module, e.g. ``act1``,
+    ``layer1..layer4`` of a ResNet or ``blocks.0..`` of a ViT, each globally average-pooled to [N, channels]
+    (token outputs [N, T, C] are averaged over the tokens), and ``stage_last``, the model's own pooled output
+    (``forward``). Aliases: ``last`` = ``stage_last``; ``early`` = the middle feature stage (ResNets: ``layer2``).
+    The taps come from forward hooks on those modules during one forward pass.
+    """
 
     def __init__(self, name: str, in_channels: int, pretrained: bool = False):
         super().__init__()
@@ -156,14 +167,48 @@ class TimmBackbone(Backbone):
             raise ConfigError(f"timm has no model {name!r}")
         self.net = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_channels)
         self.feat_dim = self.net.num_features
-        self.tap_names = ("stage_last",)
+        info = [dict(f) for f in (getattr(self.net, "feature_info", None) or []) if f.get("module")]
+        self._stages = {f["module"]: f for f in info}
+        self.tap_names = (*self._stages, "stage_last")
+        self.aliases = {"last": "stage_last", **({"early": info[len(info) // 2]["module"]} if info else {})}
 
     def forward_features(self, x, taps=("last",)):
-        self._resolve(taps)
-        return {"stage_last": self.forward(x)}
+        wanted = self._resolve(taps)
+        captured: dict[str, torch.Tensor] = {}
+        handles = []
+        for name in dict.fromkeys(wanted):
+            if name == "stage_last":
+                continue
+            module = self.net.get_submodule(name)
+            if self._stages[name].get("hook_type") == "forward_pre":      # timm: the feature is the module's input
+                handles.append(module.register_forward_pre_hook(
+                    lambda _m, args, name=name: captured.__setitem__(name, args[0])))
+            else:
+                handles.append(module.register_forward_hook(
+                    lambda _m, _args, out, name=name: captured.__setitem__(name, out)))
+        try:
+            pooled = self.net(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {name: pooled if name == "stage_last" else _pool_stage(captured[name], self._stages[name]["num_chs"])
+                for name in wanted}
 
     def forward(self, x):
         return self.net(x)
+
+
+def _pool_stage(x, channels: int) -> torch.Tensor:
+    """A timm feature map pooled to [N, channels]: NCHW or NHWC maps over their spatial dims, tokens [N, T, C]
+    over the tokens."""
+    if isinstance(x, (tuple, list)):
+        x = x[0]
+    if x.dim() == 4:
+        channels_last = x.shape[1] != channels and x.shape[-1] == channels
+        return x.mean(dim=(1, 2)) if channels_last else x.mean(dim=(-2, -1))
+    if x.dim() == 3:
+        return x.mean(dim=1)
+    return x
 
 
 @BACKBONES.register("small_cnn")
@@ -173,7 +218,7 @@ def _small_cnn(cfg, in_channels: int) -> Backbone:
 
 @BACKBONES.register("small_cnn_tiny")
 def _small_cnn_tiny(cfg, in_channels: int) -> Backbone:
-    return SmallCNN(in_channels, (16, 32, 64, 64))
+    return SmallCNN(in_channels, SMALL_CNN_TINY_WIDTHS)
 
 
 @BACKBONES.register("resnet18")
@@ -328,4 +373,4 @@ class TinyViT(Backbone):
 
 @BACKBONES.register("vit_tiny")
 def _vit_tiny(cfg, in_channels: int) -> Backbone:
-    return TinyViT(in_channels)
+    return TinyViT(in_channels, patch_size=VIT_TINY_PATCH_SIZE)

@@ -4,6 +4,11 @@ The training loop owns the outer optimiser (β₂ of Eq. 7 is "whatever optimise
 zeroes the gradients, calls ``training_step`` (which leaves ``.grad`` set on ``method.online_parameters()``,
 and may update the plug-in's own networks, e.g. TC²'s f_v and f_w in stage 1), then steps the optimiser and calls
 ``method.after_step``. A plug-in is an ``nn.Module`` so that its own networks are checkpointed with the run.
+
+Under ``train.precision=16-mixed`` the loop sets ``loss_scaler`` (a ``torch.amp.GradScaler``); a plug-in that
+back-propagates a loss does so with :meth:`Plugin.backward`, which scales it, and the loop unscales the gradients
+before clipping and the optimiser step. Plug-ins whose gradients are functional (TC², +T: ``torch.autograd.grad``
+and ``assign_grads``) cannot be scaled that way, and config validation rejects 16-mixed for them.
 """
 from __future__ import annotations
 
@@ -32,6 +37,10 @@ class Plugin(nn.Module):
     #: the processes a step is spread over (set by the training loop when train.devices > 1); a plug-in takes
     #: the whole batch in ``training_step`` and works on this process's share of it (tc2ssl.distributed)
     distributed: DistributedContext = SINGLE_PROCESS
+    #: the loss scaler of train.precision=16-mixed (set by the training loop; None = no scaling)
+    loss_scaler: torch.amp.GradScaler | None = None
+    #: whether every gradient of ``training_step`` goes through ``backward`` (and so can be loss-scaled)
+    supports_loss_scaling: bool = False
 
     def __init__(self, cfg, method, view_maker):
         super().__init__()
@@ -47,6 +56,10 @@ class Plugin(nn.Module):
         With several processes (``self.distributed.active``) every process gets the whole batch, works on its
         share and leaves its share of the whole-batch gradient in ``.grad``; the loop sums the shares."""
         raise NotImplementedError
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, the loss scaled by ``loss_scaler`` when the loop set one (16-mixed)."""
+        (loss if self.loss_scaler is None else self.loss_scaler.scale(loss)).backward()
 
     def extra_state(self) -> dict:
         """Optimiser states etc. of the plug-in's own networks, for checkpoints (tensors and plain values)."""

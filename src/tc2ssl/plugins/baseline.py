@@ -20,6 +20,7 @@ def conflict_parameter_names(method, which: str) -> list[str]:
 @PLUGINS.register("none")
 class Baseline(Plugin):
     n_views = 2
+    supports_loss_scaling = True   # its gradient is one backward() (the conflict metric's cosines need no scale)
 
     def __init__(self, cfg, method, view_maker):
         super().__init__(cfg, method, view_maker)
@@ -34,7 +35,7 @@ class Baseline(Plugin):
         every = self.cfg.conflict_every
         if every and info.step % every == 0:
             metrics.update(self._conflict(z, views, info))
-        loss.backward()
+        self.backward(loss)
         return metrics
 
     def _distributed_training_step(self, images: torch.Tensor, info: StepInfo) -> dict[str, torch.Tensor]:
@@ -53,7 +54,7 @@ class Baseline(Plugin):
         every = self.cfg.conflict_every
         if every and info.step % every == 0:
             metrics.update(self._conflict(z, None, info))
-        (loss / dist.world_size).backward()
+        self.backward(loss / dist.world_size)
         return metrics
 
     def _conflict(self, z: torch.Tensor, views: torch.Tensor | None, info: StepInfo) -> dict[str, torch.Tensor]:

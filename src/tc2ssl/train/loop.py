@@ -5,6 +5,10 @@ an epoch from (run seed, epoch), so a run resumed from its last epoch checkpoint
 uninterrupted run does. A checkpoint is written atomically at the end of every epoch; a non-finite loss stops the run
 with a clear message and leaves the last good checkpoint in place.
 
+``train.precision=16-mixed`` (CUDA) scales the loss with a ``torch.amp.GradScaler`` (``Plugin.backward``) and
+unscales the gradients before clipping and the optimiser step (:func:`apply_gradients`); on a CPU Fabric runs it as
+bf16-mixed, which needs no scaling. ``metrics.jsonl`` logs the learning rate each step used.
+
 With ``train.devices`` = W > 1, Fabric launches W processes; ``train.batch_size`` is the global batch, every
 process reads the same batch and the plug-in works on its share of it (``tc2ssl.distributed``); the loop sums the
 gradient shares, averages the metrics, and only rank 0 writes the run folder.
@@ -101,6 +105,33 @@ def build_run(cfg: config_mod.RunConfig, data: DataSplits | None = None, fabric=
     return Run(cfg, data, method, plugin, view_maker, device, fabric)
 
 
+def build_grad_scaler(train_cfg, device: torch.device, plugin) -> torch.amp.GradScaler | None:
+    """The loss scaler of ``train.precision=16-mixed`` (fp16 gradients underflow without one); None otherwise, and
+    on a CPU, where Fabric runs 16-mixed as bf16-mixed. A plug-in must back-propagate through ``Plugin.backward``
+    (``supports_loss_scaling``) for its gradients to be scaled."""
+    if train_cfg.precision != "16-mixed" or device.type == "cpu":
+        return None
+    if not getattr(plugin, "supports_loss_scaling", False):
+        raise ConfigError(f"train.precision=16-mixed is not supported with plugin.name={plugin.cfg.name} (its "
+                          "gradients are not loss-scaled); use train.precision=bf16-mixed or 32-true")
+    return torch.amp.GradScaler(device.type)
+
+
+def apply_gradients(optimizer: torch.optim.Optimizer, params, grad_clip: float = 0.0,
+                    scaler: torch.amp.GradScaler | None = None) -> None:
+    """One optimiser step on the gradients in ``.grad``: with a loss scaler they are unscaled first, clipped to
+    global norm ``grad_clip`` (0 = off), and the step is skipped (the scale lowered) when they hold inf/NaN."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(list(params), grad_clip)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+
+
 class MetricsLog:
     """``metrics.jsonl``: one JSON object per logged step and per epoch, appended and flushed as it goes."""
 
@@ -149,6 +180,15 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             diffs.append(f"{full}: checkpoint {va!r} vs now {vb!r}")
     return diffs
+
+
+def _resolved(config: dict) -> dict:
+    """A checkpoint's config as this version resolves it (e.g. small_cnn_tiny's widths, which older versions
+    recorded as the unused default); as it is when it no longer validates (the diff then shows why)."""
+    try:
+        return config_mod.to_dict(config_mod.from_dict(config))
+    except ConfigError:
+        return config
 
 
 #: train.strategy=ddp re-runs the command line in every process, which fits one training run per command
@@ -222,6 +262,8 @@ def train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = N
         warnings.filterwarnings("ignore")   # a launched process of rank > 0: rank 0 reports, once
     run = build_run(cfg, data, fabric)
     run.plugin.distributed = dist
+    scaler = build_grad_scaler(cfg.train, run.device, run.plugin)   # before the run folder: it may refuse
+    run.plugin.loss_scaler = scaler
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     method, plugin, device = run.method, run.plugin, run.device
@@ -240,7 +282,7 @@ def train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = N
     resuming = dist.broadcast_object(bool(cfg.train.resume and ckpt_path.exists()))
     if resuming:
         state = load_checkpoint(ckpt_path)
-        diffs = _config_diff(state["config"], config_mod.to_dict(cfg))
+        diffs = _config_diff(_resolved(state["config"]), config_mod.to_dict(cfg))
         if diffs:
             raise CheckpointError(f"cannot resume {ckpt_path}: the config differs from the checkpoint's: "
                                   + "; ".join(diffs))
@@ -249,6 +291,8 @@ def train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = N
         plugin.load_extra_state(state["plugin_extra"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
         if rank_zero:
             metrics_log.truncate_after(global_step, start_epoch)
@@ -295,9 +339,8 @@ def train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = N
                         else "no checkpoint had been written yet")
                 raise TrainingError(f"the loss became non-finite ({loss.item()}) at epoch {epoch}, step {global_step}; "
                                     f"{kept}. Try a lower train.lr or train.grad_clip=1.0")
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(method.online_parameters().values(), cfg.train.grad_clip)
-            optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]   # the step's own lr (the scheduler moves it after the step)
+            apply_gradients(optimizer, method.online_parameters().values(), cfg.train.grad_clip, scaler)
             scheduler.step()
             if dist.active and plugin_state:
                 dist.broadcast_(plugin_state)   # rank 0's stage-1 result: nondeterministic kernels cannot drift
@@ -312,7 +355,7 @@ def train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = N
                 progress.update(1)
             if rank_zero and (global_step % cfg.train.log_every == 0 or b == steps_per_epoch - 1 or b == 0):
                 record = {"kind": "step", "epoch": epoch, "step": global_step - 1,
-                          "lr": optimizer.param_groups[0]["lr"], "images_per_s": ips, **_floats(metrics)}
+                          "lr": lr, "images_per_s": ips, **_floats(metrics)}
                 metrics_log.write(record)
         if progress is not None:
             progress.close()
@@ -327,6 +370,7 @@ def train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = N
                 "config": config_mod.to_dict(cfg), "epoch": epoch, "global_step": global_step,
                 "method": method.state_dict(), "plugin": plugin.state_dict(), "plugin_extra": plugin.extra_state(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
             })
         if stop_at is not None and global_step >= stop_at:
             break
