@@ -7,7 +7,7 @@ from tc2ssl.tc2.health import health_metrics, health_warnings
 from tc2ssl.tc2.losses import loss_v
 from tc2ssl.tc2.weight_net import WeightNet
 
-KEYS = {"orth_error", "lv_ratio", "gate_sparsity", "cal_norm_ratio", "v_sigma_min"}
+KEYS = {"orth_error", "lv_ratio", "gate_sparsity", "cal_norm_ratio", "v_sigma_min", "embed_std_scaled"}
 
 
 def batch(dim: int = 8, n_factors: int = 4):
@@ -81,3 +81,18 @@ def test_zero_optimum_does_not_divide_by_zero():  # n_f = d: min L_v = 0
     basis = torch.eye(4)
     metrics = health_metrics(basis, zf, gated_net(4, 4, 0.0), zf, loss_v(basis, zf), 4, "mean")
     assert metrics["lv_ratio"].item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_collapsed_embeddings_warn_and_spread_ones_do_not():  # SPEC §3.15: std per dim < 0.01/√d
+    zf, basis = batch()
+    healthy = health_metrics(basis, zf, gated_net(8, 4, 0.0), zf, loss_v(basis, zf), 4, "mean")
+    assert 0.3 < healthy["embed_std_scaled"].item() < 2.0   # random directions on the sphere: about 1
+    g = torch.Generator().manual_seed(1)
+    collapsed = torch.nn.functional.normalize(torch.ones(32, 8) + 1e-4 * torch.randn(32, 8, generator=g), dim=-1)
+    metrics = health_metrics(basis, collapsed, gated_net(8, 4, 0.0), collapsed, loss_v(basis, collapsed), 4, "mean")
+    assert metrics["embed_std_scaled"].item() < 1e-3
+    found = health_warnings({k: v.item() for k, v in metrics.items()}, epoch=3)
+    assert any("embeddings collapse" in w for w in found)
+    # the scale of z does not matter (the detector normalises): 100·z collapsed is still collapsed
+    scaled = health_metrics(basis, 100 * collapsed, gated_net(8, 4, 0.0), collapsed, loss_v(basis, collapsed), 4)
+    assert scaled["embed_std_scaled"].item() == pytest.approx(metrics["embed_std_scaled"].item(), rel=1e-3)  # fp32

@@ -9,6 +9,7 @@
 | cal_norm_ratio   | [0.3, 1.05]                   | < 0.3: ẑ → 0 (λ₁ too large); > 1.05: ẑ inflates z      |
 | orth_error       | <= 0.1 from epoch index 1 on  | V departs from orthogonality (α too large; use Adam)  |
 | v_sigma_min      | >= 0.5                        | V is nearly rank-deficient ([S1]'s "factor collapse") |
+| embed_std_scaled | >= 0.01                       | SSL collapse: √d · min_j std_j of the ℓ2-normalised z |
 | any              | finite                        | NaN/inf: fp32 for S and the orthogonality term         |
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ SPARSITY_RANGE = (0.05, 0.95)
 NORM_RATIO_RANGE = (0.3, 1.05)
 MAX_ORTH_ERROR = 0.1
 MIN_SIGMA = 0.5
+MIN_EMBED_STD_SCALED = 0.01    # SPEC §3.15: per-dimension std of ℓ2-normalised embeddings < 0.01/√d = collapse
 CLOSED_GATE = 0.1              # a gate below this counts as closed (gated mode)
 ZERO_WEIGHT_FRACTION = 1e-3    # free mode: |W| below this fraction of max|W| counts as zero
 
@@ -43,7 +45,9 @@ def health_metrics(basis: torch.Tensor, zf: torch.Tensor, weight_net: WeightNet,
 
     Returns ``orth_error`` ‖VᵀV − I‖_F; ``lv_ratio`` L_v / min L_v (1 at the optimum; ε-regularised so that a zero
     optimum, e.g. n_f = d, does not divide by zero); ``gate_sparsity`` the fraction of gates < 0.1 (gated) or of
-    |W| < 1e-3·max|W| (free); ``cal_norm_ratio`` mean ‖ẑ‖/‖z‖; ``v_sigma_min`` the smallest singular value of V.
+    |W| < 1e-3·max|W| (free); ``cal_norm_ratio`` mean ‖ẑ‖/‖z‖; ``v_sigma_min`` the smallest singular value of V;
+    ``embed_std_scaled`` √d times the smallest per-dimension std of the ℓ2-normalised rows of ``zf`` (about 1 for
+    embeddings spread over the sphere, 0 when the encoder collapses: SPEC §3.15's collapse detector).
     """
     with torch.no_grad():
         basis, zf, z_rows = basis.detach(), zf.detach(), z_rows.detach()
@@ -64,6 +68,8 @@ def health_metrics(basis: torch.Tensor, zf: torch.Tensor, weight_net: WeightNet,
             "gate_sparsity": sparsity,
             "cal_norm_ratio": norm_ratio,
             "v_sigma_min": _finite_or_nan_sigma_min(basis.float()),
+            "embed_std_scaled": torch.nn.functional.normalize(zf.float(), dim=-1).std(dim=0).min()
+            * zf.shape[-1] ** 0.5,
         }
 
 
@@ -106,4 +112,9 @@ def health_warnings(metrics: dict[str, float], epoch: int) -> list[str]:
     if sigma_min is not None and sigma_min < MIN_SIGMA:
         found.append(f"tc2 health: σ_min(V) = {sigma_min:.3g} < {MIN_SIGMA}: V is nearly rank-deficient "
                      "(factor collapse)")
+    collapse = finite.get("embed_std_scaled")
+    if collapse is not None and collapse < MIN_EMBED_STD_SCALED:
+        found.append(f"tc2 health: the embeddings collapse (√d · min per-dimension std of ℓ2-normalised z = "
+                     f"{collapse:.3g} < {MIN_EMBED_STD_SCALED}): the outer loss lacks a repulsive term; use the "
+                     "default plugin.query_loss")
     return found
