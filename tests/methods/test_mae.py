@@ -52,6 +52,22 @@ def test_support_loss_matches_the_direct_formula(views, normalize):
     torch.testing.assert_close(loss, direct_loss(method, z, views, normalize))
 
 
+def test_support_loss_is_the_mae_papers_masked_pixel_mse_times_the_patch_size(views):
+    """Parity with the reference formula (He et al. 2022; lightly's MAE example uses the same MSELoss): the
+    mean over masked patches of the per-pixel mean squared error. Ours sums a patch's C·p² pixel errors instead of
+    averaging them (a constant factor, so that the loss's scale does not shrink with the patch size); every view
+    hides the same number of patches, so the per-view mean of ours equals the pooled paper loss times C·p²."""
+    method = make_mae()
+    z = embed(method, views)
+    masks = views.masks.flatten(0, 1)
+    prediction = method.decoder(z.flatten(0, 1), masks)
+    target = patchify(views.images.flatten(0, 1), 4)
+    paper = torch.nn.MSELoss()(prediction[masks], target[masks])              # mean over masked pixels
+    pixels_per_patch = target.shape[-1]
+    assert pixels_per_patch == 1 * 4 * 4
+    torch.testing.assert_close(method.support_loss(z, LossContext(views=views)), paper * pixels_per_patch)
+
+
 def test_masked_patch_errors_count_only_masked_patches():
     target = torch.zeros(2, 4, 3)
     prediction = target.clone()
