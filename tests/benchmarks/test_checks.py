@@ -54,7 +54,7 @@ def test_r5_art_gain_against_average_gain_and_missing_rows():
     assert criterion(check, "4-domain average").passed is True  # −0.33 pt
     assert criterion(check, "unseen art").passed is True
     lonely = check_r5(result_of("pacs", {"none": metrics}))
-    assert lonely.criteria == [] and "--plugins none,tc2" in lonely.deviations[0]
+    assert lonely.criteria == [] and "--plugins none,tc2" in lonely.deviations[0] and lonely.verdict == "not run"
 
 
 def test_r5b_is_decided_per_target_and_against_plus_t():

@@ -59,11 +59,14 @@ class Check:
     title: str
     criteria: list[Criterion] = field(default_factory=list)
     deviations: list[str] = field(default_factory=list)
+    not_run: bool = False          # the benchmark lacks the rows this check compares
 
     @property
     def verdict(self) -> str:
         """``PASS`` / ``FAIL`` over the hard criteria (``n/a`` if one could not be decided), then how many soft
         criteria were met, e.g. ``PASS (hard); soft 1/2 met``."""
+        if self.not_run:
+            return "not run"
         parts = []
         hard = [c.passed for c in self.criteria if c.kind == HARD]
         if hard:
@@ -163,6 +166,7 @@ def _seed_deviation(result: dict, wanted: int) -> list[str]:
 
 
 def _missing(check: Check, *rows: str) -> Check:
+    check.not_run = True
     check.deviations.append(f"needs the rows {', '.join(rows)}; run the suite with --plugins {','.join(rows)}")
     return check
 
