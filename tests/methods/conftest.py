@@ -9,15 +9,6 @@ from tc2ssl.methods.base import LossContext
 from tc2ssl.models import build_backbone
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only adds contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def make_method():
     """make_method(name, **method_cfg) -> a seeded method on the small_cnn_tiny backbone (1 input channel)."""

@@ -8,14 +8,6 @@ from tc2ssl.models import build_backbone
 from tc2ssl.models.backbones import TinyViT, visible_index
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def vit(channels: int = 1) -> TinyViT:
     torch.manual_seed(0)
     return build_backbone(ModelConfig(backbone="vit_tiny"), channels)

@@ -17,14 +17,6 @@ TINY = ["plugin.name=none", "model.backbone=small_cnn_tiny", f"train.batch_size=
 INFO = StepInfo(epoch=0, step=0, seed=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_data(load_config((), TINY).data)

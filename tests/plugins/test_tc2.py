@@ -36,14 +36,6 @@ TINY = ["model.backbone=small_cnn_tiny", f"train.batch_size={BATCH}", "plugin.n_
 INFO = StepInfo(epoch=0, step=0, seed=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     """The 128 training digits every run of this module shares (loaded once)."""

@@ -28,14 +28,6 @@ TINY = ["plugin.name=tc2", "model.backbone=small_cnn_tiny", "train.batch_size=32
 EPOCHS = 4                                                                         # 4 x 8 = 32 steps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def per_dimension_std(method, views: torch.Tensor) -> torch.Tensor:
     """std over the rows of n(z) for each of the d dimensions, z the training-mode embeddings (the calibration
     point stage 2 trains) of views [N, 2, C, H, W]; BN running statistics are left as they were."""

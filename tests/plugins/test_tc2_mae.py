@@ -29,14 +29,6 @@ TINY = [f"train.batch_size={BATCH}", "plugin.n_tasks=2", "eval.enabled=false", "
 INFO = StepInfo(epoch=0, step=0, seed=5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_data(load_config(["mae"], TINY).data)

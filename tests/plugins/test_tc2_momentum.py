@@ -25,14 +25,6 @@ INFO = StepInfo(epoch=0, step=0, seed=1)
 MOMENTUM_METHODS = ["byol", "moco"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_data(load_config((), TINY).data)

@@ -37,14 +37,6 @@ TINY = ["model.backbone=small_cnn_tiny", f"train.batch_size={BATCH}", "plugin.n_
 SRC = str(Path(__file__).resolve().parents[2] / "src" / "tc2ssl")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_data(load_config((), TINY).data)

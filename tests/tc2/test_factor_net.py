@@ -9,15 +9,6 @@ from tc2ssl.tc2.losses import loss_v, loss_v_optimum
 from tc2ssl.tc2.stats import batch_statistics
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny ops in a long loop: intra-op threads only add overhead (and spin on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def spiked(rows: int, scales: list[float], seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     rotation, _ = torch.linalg.qr(torch.randn(len(scales), len(scales), generator=g))

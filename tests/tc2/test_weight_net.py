@@ -8,15 +8,6 @@ from tc2ssl.tc2.stats import batch_statistics
 from tc2ssl.tc2.weight_net import WeightNet, calibrate
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny ops in a long loop: intra-op threads only add overhead (and spin on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def orthonormal(dim: int, n_factors: int, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.linalg.qr(torch.randn(dim, n_factors, generator=g, dtype=dtype)).Q
