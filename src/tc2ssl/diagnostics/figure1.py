@@ -93,7 +93,12 @@ def plot_figure1(series: dict[str, list[float]], png_path: Path, title: str) -> 
     ax.set_xlabel("epoch")
     ax.set_ylabel("inter-task gradient cosine (epoch mean)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
+    if len(series) > 8:   # many runs (a benchmark's seeds x rows): the legend beside the axes, not over the curves
+        fig.set_size_inches(10, 4.5)
+        ax.legend(fontsize=6, ncol=1 + len(series) // 16, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=7, ncol=2)
+    ax.set_xticks(range(1, 1 + max((len(v) for v in series.values()), default=1)))
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     return png_path
