@@ -96,3 +96,15 @@ def test_collapsed_embeddings_warn_and_spread_ones_do_not():  # SPEC §3.15: std
     # the scale of z does not matter (the detector normalises): 100·z collapsed is still collapsed
     scaled = health_metrics(basis, 100 * collapsed, gated_net(8, 4, 0.0), collapsed, loss_v(basis, collapsed), 4)
     assert scaled["embed_std_scaled"].item() == pytest.approx(metrics["embed_std_scaled"].item(), rel=1e-3)  # fp32
+
+
+def test_lv_ratio_guard_applies_after_the_first_epoch():  # SPEC R7: L_v <= 1.5 x the batch-PCA optimum
+    zf, top = batch()
+    other = torch.linalg.eigh(zf.T @ zf).eigenvectors[:, :4]               # the trailing eigenvectors: the worst V
+    metrics = {k: v.item() for k, v in health_metrics(other, zf, gated_net(8, 4, 0.0), zf, loss_v(other, zf), 4,
+                                                       "mean").items()}
+    assert metrics["lv_ratio"] > 1.5
+    assert not any("batch-PCA optimum" in w for w in health_warnings(metrics, epoch=0))
+    assert any("batch-PCA optimum" in w for w in health_warnings(metrics, epoch=1))
+    metrics["lv_ratio"] = 1.5
+    assert not any("batch-PCA optimum" in w for w in health_warnings(metrics, epoch=4))

@@ -8,6 +8,7 @@
 | gate_sparsity    | [0.05, 0.95]                  | > 0.95: ẑ → 0 (λ₁ too large); < 0.05: ℓ1 has no effect |
 | cal_norm_ratio   | [0.3, 1.05]                   | < 0.3: ẑ → 0 (λ₁ too large); > 1.05: ẑ inflates z      |
 | orth_error       | <= 0.1 from epoch index 1 on  | V departs from orthogonality (α too large; use Adam)  |
+| lv_ratio         | <= 1.5 from epoch index 1 on  | V misses the batch's principal subspace (SPEC R7)     |
 | v_sigma_min      | >= 0.5                        | V is nearly rank-deficient ([S1]'s "factor collapse") |
 | embed_std_scaled | >= 0.01                       | SSL collapse: √d · min_j std_j of the ℓ2-normalised z |
 | any              | finite                        | NaN/inf: fp32 for S and the orthogonality term         |
@@ -24,6 +25,7 @@ from tc2ssl.tc2.weight_net import WeightNet
 SPARSITY_RANGE = (0.05, 0.95)
 NORM_RATIO_RANGE = (0.3, 1.05)
 MAX_ORTH_ERROR = 0.1
+MAX_LV_RATIO = 1.5             # SPEC R7: L_v / L_v^PCA <= 1.5 after the first epoch (<= 1.2 at the end)
 MIN_SIGMA = 0.5
 MIN_EMBED_STD_SCALED = 0.01    # SPEC §3.15: per-dimension std of ℓ2-normalised embeddings < 0.01/√d = collapse
 CLOSED_GATE = 0.1              # a gate below this counts as closed (gated mode)
@@ -108,6 +110,11 @@ def health_warnings(metrics: dict[str, float], epoch: int) -> list[str]:
     if epoch >= 1 and orth_error is not None and orth_error > MAX_ORTH_ERROR:
         found.append(f"tc2 health: ‖VᵀV − I‖_F = {orth_error:.3g} > {MAX_ORTH_ERROR} at epoch {epoch}: V departs "
                      "from orthogonality; lower plugin.alpha1/alpha3 or use plugin.stage1_optimizer=adam")
+    lv_ratio = finite.get("lv_ratio")
+    if epoch >= 1 and lv_ratio is not None and lv_ratio > MAX_LV_RATIO:
+        found.append(f"tc2 health: L_v = {lv_ratio:.3g} × its batch-PCA optimum > {MAX_LV_RATIO} at epoch {epoch} "
+                     "(SPEC R7): V does not track the batch's principal subspace; plugin.stage1_optimizer=adam "
+                     "narrows the gap (docs/tc2.md)")
     sigma_min = finite.get("v_sigma_min")
     if sigma_min is not None and sigma_min < MIN_SIGMA:
         found.append(f"tc2 health: σ_min(V) = {sigma_min:.3g} < {MIN_SIGMA}: V is nearly rank-deficient "
