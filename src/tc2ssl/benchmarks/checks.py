@@ -322,6 +322,12 @@ def check_r5b(result: dict) -> Check:
 
 
 # ---------------------------------------------------------------------------------------------------- R6
+def _tc2_runs(result: dict) -> tuple[list[str], list[list[dict] | None]]:
+    """The labels of every TC² row and, per (row, seed), its pretrainings' diagnostics (None if unavailable)."""
+    labels = [spec["label"] for spec in result.get("rows", []) if spec["plugin"] == TC2]
+    return labels, [run_diagnostics(result["runs"][label][str(seed)]) for label in labels for seed in result["seeds"]]
+
+
 def check_r6(result: dict) -> Check:
     """R6: shape of the K ablation (Table 13 analogue, CIFAR-10 subset): K = 4 best or tied, K = 16 below K = 4;
     hard: every K trains with finite losses and TC²'s health guards stay quiet."""
@@ -346,10 +352,9 @@ def check_r6(result: dict) -> Check:
         if 16 in means:
             check.criteria.append(Criterion("K = 16 below K = 4", SOFT, f"{_pct(means[16])} against "
                                             f"{_pct(means[4])}", "acc(16) < acc(4)", means[16] < means[4]))
-    labels = [spec["label"] for spec in result.get("rows", []) if spec["plugin"] == TC2]
-    records = [result["runs"][label][str(seed)] for label in labels for seed in result["seeds"]]
-    finite = all(math.isfinite(v) for r in records for v in r["metrics"].values())
-    diagnostics = [run_diagnostics(r) for r in records]
+    labels, diagnostics = _tc2_runs(result)
+    finite = all(math.isfinite(v) for label in labels for record in result["runs"][label].values()
+                 for v in record["metrics"].values())
     if any(d is None for d in diagnostics):
         check.criteria.append(Criterion("every K trains without NaN", HARD,
                                         "metrics finite" if finite else "non-finite metrics", "finite",
@@ -369,11 +374,6 @@ def check_r6(result: dict) -> Check:
 
 
 # ---------------------------------------------------------------------------------------------------- R7, R8
-def _tc2_runs(result: dict) -> tuple[list[str], list[list[dict] | None]]:
-    labels = [spec["label"] for spec in result.get("rows", []) if spec["plugin"] == TC2]
-    return labels, [run_diagnostics(result["runs"][label][str(seed)]) for label in labels for seed in result["seeds"]]
-
-
 def _range(values: list[float]) -> str:
     return f"{min(values):.3g}–{max(values):.3g}" if values else "n/a"
 
