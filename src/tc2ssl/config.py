@@ -296,6 +296,13 @@ def _check_model(cfg: RunConfig) -> None:
                               f"model.backbone=vit_tiny; valid value: {VIT_TINY_PATCH_SIZE}")
 
 
+def unscalable_plugin_message(plugin_name: str) -> str:
+    """16-mixed with a plug-in whose gradients do not go through ``Plugin.backward`` (TC², +T: functional
+    gradients through the inner step of Eq. 6, set with ``assign_grads``): fp16 gradients could underflow."""
+    return (f"train.precision=16-mixed is not supported with plugin.name={plugin_name} (its functional gradients "
+            "are not loss-scaled); valid values with it: 32-true, bf16-mixed, 64-true")
+
+
 def validate(cfg: RunConfig) -> None:
     """Check every constrained field; raise ConfigError naming the key and the allowed values.
 
@@ -347,11 +354,9 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"plugin.remainder=error needs train.batch_size divisible by plugin.n_tasks, got "
                               f"train.batch_size={batch} and plugin.n_tasks={k}: use a multiple of {k} (e.g. "
                               f"train.batch_size={batch - batch % k}) or plugin.remainder=drop")
-        if cfg.train.precision == "16-mixed":
-            # the plug-in computes its gradients functionally (torch.autograd.grad through the inner step of Eq. 6)
-            # and sets .grad itself: the loop's loss scaling cannot reach them, and fp16 gradients may underflow
-            raise ConfigError(f"train.precision=16-mixed is not supported with plugin.name={p.name} (its functional "
-                              "gradients are not loss-scaled); valid values with it: 32-true, bf16-mixed, 64-true")
+    if cfg.train.precision == "16-mixed" and not getattr(registries["plugin"].get(p.name), "supports_loss_scaling",
+                                                          False):
+        raise ConfigError(unscalable_plugin_message(p.name))
     if cfg.train.devices > 1:
         from tc2ssl.distributed import check_config
 

@@ -112,8 +112,7 @@ def build_grad_scaler(train_cfg, device: torch.device, plugin) -> torch.amp.Grad
     if train_cfg.precision != "16-mixed" or device.type == "cpu":
         return None
     if not getattr(plugin, "supports_loss_scaling", False):
-        raise ConfigError(f"train.precision=16-mixed is not supported with plugin.name={plugin.cfg.name} (its "
-                          "gradients are not loss-scaled); use train.precision=bf16-mixed or 32-true")
+        raise ConfigError(config_mod.unscalable_plugin_message(plugin.cfg.name))
     return torch.amp.GradScaler(device.type)
 
 
