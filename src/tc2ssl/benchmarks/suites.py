@@ -399,16 +399,6 @@ def suite_options(suite: Suite, preset: BenchmarkPreset, overrides: list[str]) -
     return options, rest
 
 
-def read_conflict_series(run_dir: Path) -> list[float]:
-    """The per-epoch mean inter-task gradient cosine of a run (empty when the plug-in did not log it)."""
-    from tc2ssl.report import read_metrics
-
-    if not (run_dir / "metrics.jsonl").is_file():      # the random_init row: nothing was trained
-        return []
-    return [r["conflict/cos_mean"] for r in read_metrics(run_dir / "metrics.jsonl")
-            if r.get("kind") == "epoch" and "conflict/cos_mean" in r]
-
-
 def run_benchmark(suite_name: str, preset_name: str = "cpu",
                   plugins: list[str] | tuple[str, ...] = DEFAULT_PLUGINS, seeds: list[int] | None = None,
                   overrides: list[str] | tuple[str, ...] = (), methods: list[str] | tuple[str, ...] = ()) -> dict:
@@ -451,8 +441,9 @@ def run_benchmark(suite_name: str, preset_name: str = "cpu",
                 outcome = suite.run(run_cfg, ctx)
             record = {"metrics": outcome.metrics, "seconds": time.perf_counter() - start,
                       "run_dirs": [str(p) for p in outcome.run_dirs],
-                      "conflict": {p.name: read_conflict_series(p) for p in outcome.run_dirs},
                       "diagnostics": {p.name: read_run_diagnostics(p) for p in outcome.run_dirs}}
+            record["conflict"] = {name: [] if d is None else [c for c in d["cos_mean"] if c is not None]
+                                  for name, d in record["diagnostics"].items()}   # per-epoch mean cosines
             atomic_write_text(Path(run_cfg.out) / "benchmark.json",
                               json.dumps(_json_safe({**record, "details": outcome.details}), indent=2) + "\n")
             runs[row.label][str(seed)] = record
