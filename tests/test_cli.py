@@ -15,15 +15,6 @@ from PIL import Image
 from tc2ssl.cli import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny runs are many times faster on one thread when the CPU is shared (and need no more)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def pretrain_tiny(out: Path, *extra: str) -> Path:
     """A one-epoch digits pretraining run without evaluation."""
     assert main(["pretrain", "model.backbone=small_cnn_tiny", "train.batch_size=16", "data.max_train=64",

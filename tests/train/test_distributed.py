@@ -32,14 +32,6 @@ PARAM_RTOL = 1e-10
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def config(out: Path, *extra: str):
     return load_config((), [*TINY, f"out={out}", *extra])
 

@@ -19,15 +19,6 @@ from tc2ssl.train.loop import load_run_config, pretrain
 TINY_RUN = ["model.backbone=small_cnn_tiny", "train.batch_size=16", "data.max_train=32"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny runs are many times faster on one thread when the CPU is shared (and need no more)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(out: Path, *extra: str):
     return load_config((), [*TINY_RUN, f"out={out}", *extra])
 

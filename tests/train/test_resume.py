@@ -25,15 +25,6 @@ TRAINING_STATE = ("epoch", "global_step", "method", "plugin", "plugin_extra", "o
 RUN_TIMEOUT_S = 300
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny runs are many times faster on one thread when the CPU is shared (and need no more)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def read_records(path: Path) -> list[dict]:
     """The complete JSON lines of a metrics.jsonl that may be in the middle of being written."""
     if not path.exists():
