@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from tc2ssl.config import load_config
 from tc2ssl.data import load_data
