@@ -11,7 +11,9 @@ from tc2ssl.meta.functional import (
     assign_grads,
     cloned_buffers,
     detached_leaves,
+    functional_forward,
     grad_dict,
+    has_tied_tensors,
     hessian_vector_product_fd,
     hypergradient,
     inner_adapt,
@@ -281,3 +283,38 @@ def test_first_inner_loss_must_be_built_on_the_given_leaves():
     name = next(iter(params))
     assert theta[name].data_ptr() == params[name].data_ptr() and theta[name] is not params[name]
     assert theta[name].is_leaf and theta[name].requires_grad
+
+
+# ---------------------------------------------------------------------------------------------- functional_forward
+class TiedHead(nn.Module):
+    """An encoder and a decoder sharing one weight (as in weight-tied autoencoders / language models)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encode = nn.Linear(4, 3, bias=False)
+        self.decode = nn.Linear(3, 4, bias=False)
+        self.decode.weight = self.encode.weight          # tied: decode uses Wᵀ below
+        self.register_buffer("scale", torch.tensor(2.0))
+
+    def forward(self, x):
+        return F.linear(self.encode(x), self.decode.weight.T) * self.scale
+
+
+def test_functional_forward_is_functional_call_and_keeps_tied_weights_tied():
+    torch.manual_seed(0)
+    x = torch.randn(5, 4)
+    plain = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2)).train()
+    params = {n: p.detach() + 0.1 for n, p in plain.named_parameters()}
+    buffers = cloned_buffers(plain)
+    assert not has_tied_tensors(plain)
+    torch.testing.assert_close(functional_forward(plain, (params, buffers), (x,)),
+                               functional_call(plain, (params, cloned_buffers(plain)), (x,)), rtol=0, atol=0)
+    assert not torch.equal(buffers["1.running_mean"], plain[1].running_mean)   # the copies took the BN update
+
+    tied = TiedHead()
+    assert has_tied_tensors(tied)
+    new_weight = torch.randn(3, 4)
+    # only one of the two names is given: the tied one must follow it, as functional_call's default does
+    out = functional_forward(tied, {"encode.weight": new_weight}, (x,))
+    torch.testing.assert_close(out, (x @ new_weight.T) @ new_weight * 2.0)
+    torch.testing.assert_close(out, functional_call(tied, {"encode.weight": new_weight}, (x,)))

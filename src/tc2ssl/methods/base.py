@@ -22,8 +22,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call
 
+from tc2ssl.meta.functional import functional_forward
 from tc2ssl.models.backbones import Backbone
 from tc2ssl.registry import Registry
 
@@ -90,7 +90,7 @@ class SSLMethod(nn.Module):
         sub = sub_params(params, child)
         if not sub:
             return module(x)
-        return functional_call(module, sub, (x,), strict=False)
+        return functional_forward(module, sub, (x,))
 
     def embed(self, x: torch.Tensor, params: dict | None = None) -> torch.Tensor:
         """z at the calibration point: projector(backbone(x)) [B, d]."""

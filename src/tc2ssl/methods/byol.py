@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
-from torch.func import functional_call
 
+from tc2ssl.meta.functional import functional_forward
 from tc2ssl.methods.base import METHODS, LossContext, SSLMethod, check_views
 from tc2ssl.tc2.losses import proto_mse_loss
 
@@ -64,7 +64,7 @@ class TargetNetwork(nn.Module):
         if update_stats:
             z = self(x)
         else:  # batch statistics as usual, but on copies of the running buffers
-            z = functional_call(self, {k: b.clone() for k, b in self.named_buffers()}, (x,))
+            z = functional_forward(self, {k: b.clone() for k, b in self.named_buffers()}, (x,))
         return z.view(n, v, -1)
 
     @torch.no_grad()

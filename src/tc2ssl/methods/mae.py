@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from lightly.models.utils import patchify, set_at_index
-from torch.func import functional_call
 
 from tc2ssl.data.tasks import make_masks
 from tc2ssl.errors import ConfigError
+from tc2ssl.meta.functional import functional_forward
 from tc2ssl.methods.base import METHODS, LossContext, SSLMethod, sub_params
 from tc2ssl.models.backbones import TinyViT, TransformerBlock, init_vit_weights, sincos_positions, visible_index
 
@@ -178,7 +178,7 @@ class MAE(SSLMethod):
         sub = sub_params(params, child)
         if not sub:
             return getattr(self, child)(*args)
-        return functional_call(getattr(self, child), sub, args, strict=False)
+        return functional_forward(getattr(self, child), sub, args)
 
     def view_errors(self, z: torch.Tensor, views: MaskedViews, targets: torch.Tensor,
                     params: dict | None = None) -> torch.Tensor:
