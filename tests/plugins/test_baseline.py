@@ -104,3 +104,21 @@ def test_conflict_every_and_epoch_summary(make_run):
     assert summary["conflict/cos_min"] == pytest.approx(min(steps[0]["conflict/cos_min"].item(),
                                                             steps[2]["conflict/cos_min"].item()))
     assert run.plugin.epoch_summary(1) == {}                                        # reset after each epoch
+
+
+def test_baseline_views_are_made_in_float32_under_a_bf16_autocast(make_run):
+    """Augmentation runs outside autocast (as TC²'s does): bf16 views would be quantised before the encoder sees
+    them; the encoder itself still runs under the autocast."""
+    run = make_run("plugin.conflict_every=0")
+    dtypes = []
+    view_maker = run.plugin.view_maker
+
+    def recording(*args, **kwargs):
+        views = view_maker(*args, **kwargs)
+        dtypes.append((views.dtype, torch.is_autocast_enabled("cpu")))
+        return views
+
+    run.plugin.view_maker = recording
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        run.plugin.training_step(images_of(run), INFO)
+    assert dtypes == [(torch.float32, False)]

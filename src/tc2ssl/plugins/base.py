@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from tc2ssl.distributed import SINGLE_PROCESS, DistributedContext
+from tc2ssl.precision import channels_last_views, float32_region
 from tc2ssl.registry import Registry
 
 PLUGINS: Registry[Callable] = Registry("plug-in", "plugin.name")
@@ -49,6 +50,17 @@ class Plugin(nn.Module):
         # the method is owned by the training loop: keep it out of this module's state_dict
         object.__setattr__(self, "method", method)
         self.view_maker = view_maker
+        # train.channels_last: the loop lays a CUDA model out channels-last; the encoder inputs follow (CUDA only)
+        self.channels_last = bool(getattr(getattr(cfg, "train", None), "channels_last", False))
+
+    def augmented_views(self, images: torch.Tensor, n_views: int, seed: int,
+                        rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``n_views`` augmented views [N, m, C, H, W] of uint8 ``images`` (``rows``: only those images' views, see
+        ``ViewMaker``). Augmentation runs in float32 even under autocast; under ``train.channels_last`` on CUDA the
+        views are laid out so that every flattened encoder input is channels-last."""
+        with float32_region(images.device):
+            views = self.view_maker(images, n_views, seed, rows=rows)
+        return channels_last_views(views, self.channels_last and images.is_cuda)
 
     def training_step(self, images: torch.Tensor, info: StepInfo) -> dict[str, torch.Tensor]:
         """Set ``.grad`` on ``method.online_parameters()``; return metrics (0-dim tensors, ``loss`` required).

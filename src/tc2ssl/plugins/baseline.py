@@ -29,7 +29,7 @@ class Baseline(Plugin):
     def training_step(self, images: torch.Tensor, info: StepInfo) -> dict[str, torch.Tensor]:
         if self.distributed.active:
             return self._distributed_training_step(images, info)
-        views = self.view_maker(images, 2, info.seed)
+        views = self.augmented_views(images, 2, info.seed)
         loss, z = self.method.training_loss(views)
         metrics = {"loss": loss.detach()}
         every = self.cfg.conflict_every
@@ -44,7 +44,7 @@ class Baseline(Plugin):
         on the whole batch (the same number in every process), and 1/W of its gradient back-propagated (the
         gather's backward sums over processes, the loop sums the parameter gradients)."""
         dist = self.distributed
-        views = self.view_maker(images, 2, info.seed, rows=dist.image_rows(images.shape[0]))
+        views = self.augmented_views(images, 2, info.seed, rows=dist.image_rows(images.shape[0]))
         n, v = views.shape[:2]
         with dist.global_batch_norm(self.method):
             z_local = self.method.embed(views.flatten(0, 1)).view(n, v, -1)

@@ -42,7 +42,7 @@ from tc2ssl.errors import ConfigError
 from tc2ssl.meta.functional import Params, assign_grads, detached_leaves, grad_dict, hypergradient
 from tc2ssl.methods.base import LossContext, sub_params
 from tc2ssl.plugins.base import PLUGINS, Plugin, StepInfo
-from tc2ssl.precision import at_least_float32, channels_last_views, encoder_input, float32_region
+from tc2ssl.precision import at_least_float32, encoder_input, float32_region
 from tc2ssl.tc2.factor_net import FactorNet
 from tc2ssl.tc2.health import health_metrics, health_warnings
 from tc2ssl.tc2.losses import loss_v, loss_w, proto_mse_loss
@@ -114,8 +114,6 @@ class TaskPlugin(Plugin):
         self.inner_gain_hits = [0, 0]  # (tasks where the inner step lowered L_ssl^s, tasks measured) this epoch
         self.last_health: dict[str, torch.Tensor] = {}
         self._warned_small_tasks = False
-        # train.channels_last: the loop lays the CUDA model out channels-last; the encoder inputs follow (CUDA only)
-        self.channels_last = bool(getattr(getattr(cfg, "train", None), "channels_last", False))
         self.timer: SectionTimer | None = None  # set by benchmarks/throughput.py to time the parts of a step
 
     # ------------------------------------------------------------------ calibration (Eqs. 1-3)
@@ -518,13 +516,10 @@ class TaskPlugin(Plugin):
         """The m views per image of one step: m augmented views [N, m, C, H, W], or, for a generative method, one
         augmented view per image turned into m masked views by ``method.task_views`` (SPEC §3.2 G-SSL).
         Augmentation runs in float32 even under autocast."""
-        with float32_region(images.device):
-            if not self.generative:
-                return channels_last_views(self.view_maker(images, self.n_views, seed, rows=rows),
-                                           self.channels_last and images.is_cuda)
-            one_view = self.view_maker(images, 1, seed)[:, 0]
-            return self.method.task_views(one_view, self.n_views,
-                                          torch.Generator().manual_seed(seed ^ _MASK_STREAM))
+        if not self.generative:
+            return self.augmented_views(images, self.n_views, seed, rows=rows)
+        one_view = self.augmented_views(images, 1, seed)[:, 0]
+        return self.method.task_views(one_view, self.n_views, torch.Generator().manual_seed(seed ^ _MASK_STREAM))
 
     def _health(self, basis, zf, split) -> dict[str, torch.Tensor]:
         with torch.no_grad():
