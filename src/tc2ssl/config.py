@@ -47,6 +47,10 @@ class DataConfig:
     val_fraction: float = bounded(0.2, 0.0, 0.9)
     augment: str = choice("auto", ("auto", "digits", "cifar", "imagenet", "none"),
                           help="view augmentation preset; auto picks one from the data source")
+    crop_mode: str = choice("auto", ("auto", "slice", "resample"),
+                            help="random-resized-crop implementation: slice = a Python loop over views (kornia's "
+                                 "default), resample = one batched warp (the same views up to float rounding); "
+                                 "auto = resample on CUDA, slice elsewhere")
     num_workers: int = bounded(0, 0, 64)
 
 

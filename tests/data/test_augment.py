@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from tc2ssl.data.augment import ViewMaker, auto_preset, step_seed
+from tc2ssl.config import DataConfig
+from tc2ssl.data.augment import CROP_MODES, ViewMaker, auto_preset, crop_mode_for, step_seed
+from tc2ssl.errors import ConfigError
 
 
 def _images(c=1, n=6, s=16):
@@ -55,3 +57,38 @@ def test_views_of_selected_rows_are_those_rows_of_the_whole_batch():
         assert torch.equal(maker(images, 3, seed=7, rows=torch.arange(12)), whole), preset
     with pytest.raises(ValueError):
         maker(images.float(), 3, seed=7, rows=rows)
+
+
+@pytest.mark.parametrize("preset", ["digits", "cifar", "imagenet"])
+def test_resample_crops_are_the_slice_crops_up_to_rounding(preset):
+    """data.crop_mode: the batched warp (resample) and kornia's per-view loop (slice) crop the same boxes from the
+    same draws; they differ by float rounding only (and auto is slice on the CPU, bit for bit)."""
+    images = torch.randint(0, 256, (16, 3, 24, 24), dtype=torch.uint8)
+    sliced = ViewMaker(preset, 24, 3, crop_mode="slice")(images, 4, seed=5)
+    resampled = ViewMaker(preset, 24, 3, crop_mode="resample")(images, 4, seed=5)
+    assert not torch.equal(sliced, resampled)              # two implementations, really
+    torch.testing.assert_close(resampled, sliced, rtol=0, atol=1e-4)
+    assert torch.equal(ViewMaker(preset, 24, 3)(images, 4, seed=5), sliced)
+    rows = torch.tensor([3, 0, 15])
+    assert torch.equal(ViewMaker(preset, 24, 3, crop_mode="resample")(images, 4, seed=5, rows=rows), resampled[rows])
+
+
+def test_crop_mode_auto_is_resample_on_cuda_only_and_bad_modes_are_named():
+    assert crop_mode_for("auto", "cpu") == "slice"
+    assert crop_mode_for("auto", "cuda:0") == "resample"
+    assert crop_mode_for("slice", "cuda") == "slice"
+    with pytest.raises(ConfigError, match="data.crop_mode='batched' is not allowed; valid values: auto, slice"):
+        ViewMaker("cifar", 16, 3, crop_mode="batched")
+    assert CROP_MODES == DataConfig.__dataclass_fields__["crop_mode"].metadata["choices"]   # one list of modes
+
+
+def test_the_run_uses_the_configured_crop_mode(tmp_path):
+    from tc2ssl.config import load_config
+    from tc2ssl.train.loop import build_run
+
+    run = build_run(load_config((), ["model.backbone=small_cnn_tiny", "data.max_train=32", "train.batch_size=16",
+                                     "data.crop_mode=resample", f"out={tmp_path}"]))
+    assert run.view_maker.crop_mode == "resample"
+    run.view_maker(run.data.train.images[:4], 2, seed=0)
+    crop = next(op for op in run.view_maker.pipeline if op.__class__.__name__ == "RandomResizedCrop")
+    assert crop.flags["cropping_mode"] == "resample"

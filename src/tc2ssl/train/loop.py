@@ -91,7 +91,7 @@ def build_run(cfg: config_mod.RunConfig, data: DataSplits | None = None, fabric=
     method = build_method(cfg.method, backbone)
     preset = cfg.data.augment if cfg.data.augment != "auto" else auto_preset(cfg.data.name, train.channels,
                                                                              train.resolution)
-    view_maker = ViewMaker(preset, train.resolution, train.channels)
+    view_maker = ViewMaker(preset, train.resolution, train.channels, crop_mode=cfg.data.crop_mode)
     plugin = build_plugin(cfg, method, view_maker)
     device = fabric.device
     if cfg.train.precision == "64-true":   # Fabric's autocast then makes float64 the default dtype of the step
