@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tc2ssl.errors import ConfigError
@@ -160,7 +160,8 @@ class TrainConfig:
     log_every: int = bounded(10, 1)
     progress: bool = True
     threads: int = bounded(0, 0, help="torch CPU threads (0 = leave as is)")
-    deterministic: bool = False
+    deterministic: bool = field(default=False, metadata={
+        "help": "deterministic kernels (torch.use_deterministic_algorithms, cuDNN); slower on a GPU"})
 
 
 @dataclass

@@ -2,6 +2,7 @@
 learning rate, and the loss scaling of 16-mixed."""
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,71 @@ def test_non_finite_loss_in_a_fresh_run_does_not_point_to_a_stale_checkpoint(tmp
     with pytest.raises(TrainingError) as excinfo:
         pretrain(tiny_config(tmp_path, "train.epochs=1", "seed=1"))
     assert "epoch -1" not in str(excinfo.value)
+
+
+def test_a_non_finite_loss_between_logging_steps_is_named_by_its_own_step(tmp_path, monkeypatch):
+    """The loop reads the loss on the host only at logging steps and at an epoch's end (no sync per step); a NaN
+    in between is still reported at its own step, and the epoch's checkpoint is not written after it."""
+    nan_loss_at(monkeypatch, epoch=0, step=2)          # 6 steps per epoch; logged: steps 0 and 5
+    with pytest.raises(TrainingError, match=r"non-finite \(nan\) at epoch 0, step 2; no checkpoint had been written"):
+        pretrain(tiny_config(tmp_path, "train.epochs=2", "data.max_train=96", "train.log_every=100"))
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+    assert [r["step"] for r in records(tmp_path, "step")] == [0]
+
+
+SYNC_METHODS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+
+
+def loop_host_reads(tmp_path, monkeypatch, max_train: int) -> int:
+    """How many times train/loop.py reads a tensor on the host in a one-epoch baseline run."""
+    from tc2ssl.train import loop
+
+    reads = []
+
+    def guard(name, original):
+        def wrapped(self, *args, **kwargs):
+            if sys._getframe(1).f_code.co_filename == loop.__file__:
+                reads.append(name)
+            return original(self, *args, **kwargs)
+        return wrapped
+
+    with monkeypatch.context() as patch:
+        for name in SYNC_METHODS:
+            patch.setattr(torch.Tensor, name, guard(name, getattr(torch.Tensor, name)))
+        pretrain(tiny_config(tmp_path / str(max_train), "train.epochs=1", f"data.max_train={max_train}",
+                             "train.log_every=1000", "plugin.conflict_every=0"))
+    return len(reads)
+
+
+def test_the_loop_does_not_read_the_device_every_step(tmp_path, monkeypatch):
+    """A host read of a CUDA tensor waits for the device. The loop's reads come at logging steps (here an epoch's
+    first and last) and at the epoch's end: as many for a 6-step epoch as for a 2-step one."""
+    two_steps = loop_host_reads(tmp_path, monkeypatch, max_train=32)
+    six_steps = loop_host_reads(tmp_path, monkeypatch, max_train=96)
+    assert 0 < two_steps == six_steps
+
+
+def test_train_deterministic_switches_deterministic_kernels_on_for_the_run_only(tmp_path, monkeypatch):
+    from tc2ssl.train.loop import kernel_settings
+
+    seen = []
+    training_step = Baseline.training_step
+
+    def spy(self, images, info):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic))
+        return training_step(self, images, info)
+
+    monkeypatch.setattr(Baseline, "training_step", spy)
+    assert not torch.are_deterministic_algorithms_enabled()
+    pretrain(tiny_config(tmp_path, "train.epochs=1", "train.deterministic=true"))
+    assert seen == [(True, True)] * 2
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic  # restored
+    pretrain(tiny_config(tmp_path / "default", "train.epochs=1"))
+    assert seen[2:] == [(False, False)] * 2
+    benchmark = torch.backends.cudnn.benchmark
+    with kernel_settings(tiny_config(tmp_path).train, torch.device("cuda")):   # decides only; nothing runs there
+        assert torch.backends.cudnn.benchmark                # fixed step shapes: cuDNN picks its fastest kernels
+    assert torch.backends.cudnn.benchmark == benchmark
 
 
 # ---------------------------------------------------------------------------------------------- logged lr

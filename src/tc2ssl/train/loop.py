@@ -15,7 +15,9 @@ gradient shares, averages the metrics, and only rank 0 writes the run folder.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 import warnings
@@ -157,6 +159,37 @@ class MetricsLog:
             fh.flush()
 
 
+class NonFiniteWatch:
+    """Remembers, on the device, the first step whose loss was not finite; :meth:`check` reads it on the host.
+
+    Checking ``torch.isfinite(loss)`` on the host every step would synchronise a CUDA device every step (the host
+    then cannot queue the next step while the device works). The loop checks at logging steps and at the end of
+    every epoch, before the epoch's checkpoint: a non-finite loss still stops the run with its first step named,
+    and no checkpoint is written from the steps after it.
+    """
+
+    def __init__(self, device: torch.device):
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.epoch = torch.full((), -1, dtype=torch.long, device=device)
+        self.value = torch.zeros((), device=device)
+
+    def update(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        new = (~torch.isfinite(loss)) & (self.first_step < 0)
+        self.first_step = torch.where(new, step, self.first_step)
+        self.epoch = torch.where(new, epoch, self.epoch)
+        self.value = torch.where(new, loss.to(self.value.dtype), self.value)
+
+    def check(self, ckpt_path: Path) -> None:
+        step = int(self.first_step)
+        if step < 0:
+            return
+        epoch = int(self.epoch)
+        kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept at {ckpt_path}" if ckpt_path.exists()
+                else "no checkpoint had been written yet")
+        raise TrainingError(f"the loss became non-finite ({float(self.value)}) at epoch {epoch}, step {step}; "
+                            f"{kept}. Try a lower train.lr or train.grad_clip=1.0")
+
+
 def _floats(metrics: dict) -> dict:
     out = {}
     for k, v in metrics.items():
@@ -245,7 +278,39 @@ def _train_in_launched_process(fabric, cfgs: list[config_mod.RunConfig], data: D
 
 
 def train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = None) -> Path:
-    """One process's part of a run (the whole run when train.devices=1)."""
+    """One process's share of a pretraining run (the whole run when train.devices = 1); returns the run folder."""
+    with kernel_settings(cfg.train, fabric.device):
+        return _train_process(fabric, cfg, data)
+
+
+@contextlib.contextmanager
+def kernel_settings(train_cfg, device: torch.device):
+    """The global kernel choices of a run, restored afterwards.
+
+    ``train.deterministic=true``: ``torch.use_deterministic_algorithms(True)`` (an op without a deterministic
+    kernel raises, naming itself), cuDNN deterministic and not benchmarking, and on CUDA the cuBLAS workspace
+    setting that deterministic matmuls need. Otherwise, on CUDA, ``cudnn.benchmark``: a step's shapes are fixed,
+    so cuDNN times its convolution algorithms once and keeps the fastest.
+    """
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    try:
+        if train_cfg.deterministic:
+            if torch.device(device).type == "cuda":
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        elif torch.device(device).type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+
+
+def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = None) -> Path:
+    """The body of :func:`train_process`, run under the run's kernel settings."""
     dist = DistributedContext.current() if cfg.train.devices > 1 else SINGLE_PROCESS
     if dist.world_size != cfg.train.devices:
         raise ConfigError(f"train.devices={cfg.train.devices} but this process belongs to a group of "
@@ -309,18 +374,19 @@ def train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = N
 
     total_steps = cfg.train.epochs * steps_per_epoch
     stop_at = cfg.train.max_steps or None
+    watch = NonFiniteWatch(device)
     for epoch in range(start_epoch, cfg.train.epochs):
         method.train()
         plugin.train()
         order_gen = torch.Generator().manual_seed(step_seed(cfg.seed, epoch, 0, stream=1))
         order = torch.randperm(len(train_images), generator=order_gen)
         progress = _progress(cfg, epoch, steps_per_epoch) if rank_zero else None
-        epoch_losses = []
+        epoch_losses: list[torch.Tensor] = []
         t_epoch = time.perf_counter()
+        t_logged, images_since_log = t_epoch, 0
         for b in range(steps_per_epoch):
             if stop_at is not None and global_step >= stop_at:
                 break
-            t0 = time.perf_counter()
             # the global batch, in every process; the plug-in takes this process's share
             images = train_images[order[b * batch:(b + 1) * batch]].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
@@ -332,12 +398,8 @@ def train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = N
             if dist.active:
                 dist.all_reduce_gradients_(method.online_parameters().values())   # Σ of the processes' shares
                 metrics = dist.average_metrics(metrics)   # the same numbers (and decisions) in every process
-            loss = metrics["loss"]
-            if not torch.isfinite(loss):
-                kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept at {ckpt_path}" if ckpt_path.exists()
-                        else "no checkpoint had been written yet")
-                raise TrainingError(f"the loss became non-finite ({loss.item()}) at epoch {epoch}, step {global_step}; "
-                                    f"{kept}. Try a lower train.lr or train.grad_clip=1.0")
+            loss = metrics["loss"].detach()
+            watch.update(loss, epoch, global_step)     # a device-side record: no host synchronisation per step
             lr = optimizer.param_groups[0]["lr"]   # the step's own lr (the scheduler moves it after the step)
             apply_gradients(optimizer, method.online_parameters().values(), cfg.train.grad_clip, scaler)
             scheduler.step()
@@ -345,23 +407,29 @@ def train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = N
                 dist.broadcast_(plugin_state)   # rank 0's stage-1 result: nondeterministic kernels cannot drift
             global_step += 1
             method.after_step(global_step / max(1, total_steps))
-            loss_value = float(loss)
-            epoch_losses.append(loss_value)
-            dt = time.perf_counter() - t0
-            ips = images.shape[0] / max(dt, 1e-9)
+            epoch_losses.append(loss)
+            images_since_log += images.shape[0]
             if progress is not None:
-                progress.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{ips:.0f}")
                 progress.update(1)
-            if rank_zero and (global_step % cfg.train.log_every == 0 or b == steps_per_epoch - 1 or b == 0):
-                record = {"kind": "step", "epoch": epoch, "step": global_step - 1,
-                          "lr": lr, "images_per_s": ips, **_floats(metrics)}
-                metrics_log.write(record)
+            # the host reads the device only here: at logging steps, at an epoch's first and last step
+            if global_step % cfg.train.log_every == 0 or b == steps_per_epoch - 1 or b == 0:
+                watch.check(ckpt_path)   # raises on a non-finite loss, naming its first step
+                now = time.perf_counter()
+                ips = images_since_log / max(now - t_logged, 1e-9)   # over the interval: exact without syncs
+                t_logged, images_since_log = now, 0
+                if progress is not None:
+                    progress.set_postfix(loss=f"{float(loss):.4f}", img_s=f"{ips:.0f}")
+                if rank_zero:
+                    record = {"kind": "step", "epoch": epoch, "step": global_step - 1,
+                              "lr": lr, "images_per_s": ips, **_floats(metrics)}
+                    metrics_log.write(record)
         if progress is not None:
             progress.close()
         if stop_at is not None and global_step >= stop_at and len(epoch_losses) < steps_per_epoch:
             break  # a partial epoch (max_steps): no checkpoint, no epoch record
+        watch.check(ckpt_path)
         epoch_record = {"kind": "epoch", "epoch": epoch, "step": global_step,
-                        "loss": sum(epoch_losses) / max(1, len(epoch_losses)),
+                        "loss": sum(torch.stack(epoch_losses).tolist()) / len(epoch_losses) if epoch_losses else 0.0,
                         "seconds": time.perf_counter() - t_epoch, **plugin.epoch_summary(epoch)}
         if rank_zero:
             metrics_log.write(epoch_record)
