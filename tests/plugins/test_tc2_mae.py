@@ -125,6 +125,50 @@ def test_stage1_subsamples_token_rows_with_the_step_seed(make_run, monkeypatch):
     assert torch.equal(*subsets[1]) and not torch.equal(subsets[1][0], subsets[2][0])
 
 
+@pytest.mark.parametrize("overrides", [(), ("plugin.query_loss=native",), ("plugin.bilevel=false",),
+                                       ("plugin.stage1_mode=fomaml",)])
+def test_stage1_with_all_tasks_in_one_loss_call_equals_the_per_task_loop(make_run, overrides):
+    """MAE's losses are per-view means and its decoder has no batch coupling, so stage 1 evaluates the K tasks'
+    losses in one decoder call per objective: the same f_v, f_w update and metrics as K calls (float64)."""
+    runs = [make_run(*overrides), make_run(*overrides)]
+    assert runs[0].plugin.tasks_in_one_loss_call
+    runs[1].plugin.tasks_in_one_loss_call = False                  # the literal (1/K)Σ_k over per-task calls
+    decoder_calls, outcomes = [], []
+    for run in runs:
+        run.method.double()
+        run.plugin.double()
+        run.plugin.view_maker.set_dtype(torch.float64)
+        views, split, z = stage_inputs(run)
+        before = calibrator(run.plugin)
+        calls = []
+        handle = run.method.decoder.register_forward_hook(lambda *_: calls.append(1))
+        basis, metrics, _, _ = run.plugin.stage1(z, split, views, seed=INFO.seed)
+        handle.remove()
+        decoder_calls.append(len(calls))
+        outcomes.append((basis, metrics, calibrator(run.plugin)))
+        assert any(not torch.equal(v, before[n]) for n, v in outcomes[-1][2].items())    # stage 1 did update
+    (basis, metrics, after), (ref_basis, ref_metrics, ref_after) = outcomes
+    torch.testing.assert_close(basis, ref_basis, rtol=1e-12, atol=1e-14)
+    for name, value in ref_metrics.items():
+        torch.testing.assert_close(metrics[name], value, rtol=1e-12, atol=1e-14, msg=lambda m: f"{name}: {m}")
+    for name, value in ref_after.items():
+        torch.testing.assert_close(after[name], value, rtol=1e-12, atol=1e-14, msg=lambda m: f"{name}: {m}")
+    k = runs[0].plugin.cfg.n_tasks
+    assert decoder_calls[1] == k * decoder_calls[0] and decoder_calls[0] >= 1
+
+
+def test_one_loss_call_needs_per_view_losses_and_no_batch_coupling(make_run):
+    """SimCLR's NT-Xent takes its negatives from the task, and a BatchNorm normalises over the call: either makes
+    the loss of all rows differ from the mean of the task losses, so the per-task calls stay."""
+    from tc2ssl.plugins import build_plugin
+
+    run = make_run()
+    run.method.decoder.extra_norm = torch.nn.BatchNorm1d(4).train()          # a batch-coupled layer
+    assert not build_plugin(run.cfg, run.method, run.view_maker).tasks_in_one_loss_call
+    simclr = build_run(load_config((), ["plugin.name=tc2", "model.backbone=small_cnn_tiny", *TINY[:-1]]))
+    assert not simclr.method.per_view_losses and not simclr.plugin.tasks_in_one_loss_call
+
+
 # ---------------------------------------------------------------------------------------------- stage 2
 def test_one_tc2_step_sets_encoder_grads_and_holds_the_calibrator_in_stage2(make_run):
     run = make_run()

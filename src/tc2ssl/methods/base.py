@@ -73,6 +73,10 @@ class SSLMethod(nn.Module):
     #: the loss whitens a d-dim embedding over the images it sees (Barlow Twins' cross-correlation, VICReg's
     #: covariance): rank <= images, so a TC² task of n <= d images cannot reach its optimum (docs/results.md §5)
     needs_more_images_than_dims: bool = False
+    #: support_loss and query_loss are means of per-view terms, each depending on one view (and its own image's
+    #: anchor) only, with equal weight per view: the mean of K equal-size tasks' losses is then the loss of all
+    #: their rows in one call, which TC²'s stage 1 uses (one decoder call per objective instead of K for MAE)
+    per_view_losses: bool = False
 
     def __init__(self, backbone: Backbone, cfg):
         super().__init__()

@@ -136,6 +136,8 @@ class MAE(SSLMethod):
     min_support_views = 1
     #: TC² builds masked-view tasks for it: one view per image, m masks, the unmasked image as target (SPEC §3.2)
     generative = True
+    #: every view's masked-patch error depends on that view only (the decoder's norms are LayerNorms)
+    per_view_losses = True
 
     def __init__(self, backbone, cfg, decoder_width: int = 64, decoder_depth: int = 2, decoder_heads: int = 4,
                  norm_pix_loss: bool = False):

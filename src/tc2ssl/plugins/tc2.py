@@ -97,6 +97,9 @@ class TaskPlugin(Plugin):
         # Table-12 "no bi-level", and "+T" in its joint multi-task reading (AMB-TC-27 b)
         self.bilevel = p.bilevel and not (not self.with_calibration and p.plus_t_mode == "joint")
         self.input_norm = p.input_norm if p.input_norm != "auto" else ("l2" if method.cosine_based else "rms")
+        # stage 1 evaluates the K tasks' SSL losses in one call when that is the same number (SPEC §3.8, Eqs. 4-5:
+        # a mean over tasks of per-task means): per-view losses and no layer that couples the samples of a call
+        self.tasks_in_one_loss_call = method.per_view_losses and not batch_coupled_layers(method)
         if p.task_context:
             raise ConfigError("plugin.task_context=true is not supported by the TC² plug-in yet; use false")
         self.scale = torch.ones(())  # s of input_norm=rms: the detached batch RMS norm of z (1 otherwise)
@@ -228,22 +231,24 @@ class TaskPlugin(Plugin):
                 zs_hat_all = self.calibrated(z_support_all.reshape(-1, d), basis, phi).view(z_support_all.shape)
             else:
                 z_hat_all = self.calibrated(zf, basis, phi).view(z_all.shape)       # [N, m, (T,) d]
-            losses = []
-            for k in range(split.n_tasks):
-                members = groups[k]
-                xs = None if task_views is None else split.support_views(task_views, k)
+            def loss_of(members):                                                   # the images of a task
+                xs = None if task_views is None else task_views[members[:, None], s_idx[members]]
                 ctx = LossContext(views=xs, calibrate=lambda z, b=basis, f=phi: self.calibrated(self.prep(z), b, f))
                 if which == "support" and support_only:
-                    losses.append(self.method.support_loss(zs_hat_all[members], ctx))    # [n, m', (T,) d]
-                elif not self.bilevel:            # joint variant: the SSL loss over all views of the task
+                    return self.method.support_loss(zs_hat_all[members], ctx)           # [n, m', (T,) d]
+                if not self.bilevel:              # joint variant: the SSL loss over all views of the task
                     ctx = LossContext(views=None if task_views is None else task_views[members],
                                       calibrate=ctx.calibrate)
-                    losses.append(self.method.support_loss(z_hat_all[members], ctx))
-                else:
-                    zs_hat = z_hat_all[members[:, None], s_idx[members]]                # [n, m', (T,) d]
-                    zq_hat = z_hat_all[members[:, None], q_idx[members]]                # [n, m-m', (T,) d]
-                    xq = None if task_views is None else split.query_views(task_views, k)
-                    losses.append(self._query_loss(zq_hat, zs_hat, None, xs, xq, ctx.calibrate))
+                    return self.method.support_loss(z_hat_all[members], ctx)
+                zs_hat = z_hat_all[members[:, None], s_idx[members]]                    # [n, m', (T,) d]
+                zq_hat = z_hat_all[members[:, None], q_idx[members]]                    # [n, m-m', (T,) d]
+                xq = None if task_views is None else task_views[members[:, None], q_idx[members]]
+                return self._query_loss(zq_hat, zs_hat, None, xs, xq, ctx.calibrate)
+
+            if self.tasks_in_one_loss_call:   # per-view losses, equal-size tasks: (1/K)Σ_k L_k = L(all rows)
+                losses = [loss_of(groups.reshape(-1))]
+            else:
+                losses = [loss_of(groups[k]) for k in range(split.n_tasks)]
             ssl = torch.stack(losses).mean()                                        # (1/K)Σ_k in Eqs. 4-5
             tc2, lv, lw = self.loss_tc2(zf, basis, support_rows if which == "support" else query_rows, phi,
                                         lv_rows=stat_rows)
