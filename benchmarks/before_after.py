@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         memory = "n/a" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
         print(f"| {name} | {1000 * r['step_s']:.1f} | {r['ratio_to_baseline']:.2f} | "
               f"{r['ratio_to_baseline_paired']:.2f} | {memory} | " + " | ".join(cells) + " |")
-    print(f"\nunit costs µs/view: " + ", ".join(f"{k} {1e6 * v:.0f}" for k, v in unit.items()))
+    print("\nunit costs µs/view: " + ", ".join(f"{k} {1e6 * v:.0f}" for k, v in unit.items()))
     print(json.dumps({name: [round(r["ratio_to_baseline"], 3), round(r["ratio_to_baseline_paired"], 3)]
                       for name, r in result.items()}))
     return 0

@@ -3,10 +3,8 @@ import json
 import math
 
 import pytest
-import torch
 
 from tc2ssl.config import load_config
-from tc2ssl.errors import TrainingError
 from tc2ssl.train.loop import pretrain
 
 METHODS = ["simclr", "moco", "byol", "simsiam", "barlow_twins", "swav", "vicreg"]  # mae: tests/methods/test_mae.py
