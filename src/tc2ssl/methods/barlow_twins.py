@@ -11,13 +11,11 @@ with the anchors c_i = mean_u ẑ_{i,u} of the support views (stop-gradient, not
 """
 from __future__ import annotations
 
-import itertools
-
 import torch
 from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 
-from tc2ssl.methods.base import METHODS, LossContext, SSLMethod, check_views
+from tc2ssl.methods.base import METHODS, LossContext, SSLMethod, check_anchors, check_views, mean_over_view_pairs
 
 
 @METHODS.register("barlow_twins")
@@ -33,9 +31,7 @@ class BarlowTwins(SSLMethod):
         self.criterion = BarlowTwinsLoss(lambda_param=cfg.lambda_bt or 1.0 / cfg.proj_output_dim)
 
     def support_loss(self, z: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        check_views(z, 2)
-        pairs = [self.criterion(z[:, u], z[:, w]) for u, w in itertools.combinations(range(z.shape[1]), 2)]
-        return torch.stack(pairs).mean()
+        return mean_over_view_pairs(self.criterion, z)
 
     def anchors(self, z_support: torch.Tensor, ctx: LossContext) -> torch.Tensor:
         """c_i = mean_u ẑ_{i,u} under stop-gradient (no ℓ2 normalisation: the loss batch-normalises)."""
@@ -43,9 +39,6 @@ class BarlowTwins(SSLMethod):
         return z_support.detach().mean(dim=1)
 
     def query_loss(self, z_query: torch.Tensor, anchors: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        check_views(z_query, 1, "z_query")
-        if anchors.shape != (z_query.shape[0], z_query.shape[2]):
-            raise ValueError(f"anchors must be [n, d] = {(z_query.shape[0], z_query.shape[2])}, "
-                             f"got {tuple(anchors.shape)}")
+        check_anchors(anchors, z_query)
         anchors = anchors.detach()
         return torch.stack([self.criterion(z_query[:, v], anchors) for v in range(z_query.shape[1])]).mean()

@@ -16,6 +16,7 @@ The plain baseline trains with ``training_loss(views)`` on two views per image.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -146,6 +147,23 @@ def check_views(z: torch.Tensor, min_views: int = 2, name: str = "z") -> None:
         raise ValueError(f"{name} needs at least {min_views} views per image, got {z.shape[1]}")
     if z.shape[0] < 2:
         raise ValueError(f"{name} needs at least 2 images, got {z.shape[0]}")
+
+
+def check_anchors(anchors: torch.Tensor, z_query: torch.Tensor) -> None:
+    """A query loss's anchors: one [d] vector per image of z_query [n, q, d]."""
+    check_views(z_query, 1, "z_query")
+    if anchors.shape != (z_query.shape[0], z_query.shape[2]):
+        raise ValueError(f"anchors must be [n, d] = {(z_query.shape[0], z_query.shape[2])}, "
+                         f"got {tuple(anchors.shape)}")
+
+
+def mean_over_view_pairs(pair_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                         z: torch.Tensor) -> torch.Tensor:
+    """A two-view loss extended to m views (SPEC §2.2, multi-view generalisation): its mean over the m(m−1)/2 pairs
+    of views of z [n, m, d]."""
+    check_views(z, 2)
+    pairs = [pair_loss(z[:, u], z[:, w]) for u, w in itertools.combinations(range(z.shape[1]), 2)]
+    return torch.stack(pairs).mean()
 
 
 def build_method(cfg, backbone: Backbone) -> SSLMethod:

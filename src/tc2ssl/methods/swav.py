@@ -25,7 +25,7 @@ from lightly.loss import SwaVLoss
 from lightly.loss.swav_loss import sinkhorn
 from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
 
-from tc2ssl.methods.base import METHODS, LossContext, SSLMethod, check_views
+from tc2ssl.methods.base import METHODS, LossContext, SSLMethod, check_anchors, check_views
 
 
 def expected_brier(probs: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -58,10 +58,7 @@ class SwAV(SSLMethod):
         return self.criterion([scores[:, u] for u in range(z.shape[1])], []).squeeze(0)
 
     def query_loss(self, z_query: torch.Tensor, anchors: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        check_views(z_query, 1, "z_query")
-        if anchors.shape != (z_query.shape[0], z_query.shape[2]):
-            raise ValueError(f"anchors must be [n, d] = {(z_query.shape[0], z_query.shape[2])}, "
-                             f"got {tuple(anchors.shape)}")
+        check_anchors(anchors, z_query)
         with torch.no_grad():
             codes = sinkhorn(self.prototype_scores(anchors, ctx.params).float(), iterations=self.criterion.sinkhorn_iterations,
                              epsilon=self.criterion.sinkhorn_epsilon)                          # [n, K]

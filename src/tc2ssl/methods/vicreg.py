@@ -15,15 +15,13 @@ query rows and dimensions, like the native invariance term; v and c are taken ov
 """
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 from lightly.loss import VICRegLoss
 from lightly.loss.vicreg_loss import covariance_loss, variance_loss
 from lightly.models.modules import BarlowTwinsProjectionHead
 
-from tc2ssl.methods.base import METHODS, LossContext, SSLMethod, check_views
+from tc2ssl.methods.base import METHODS, LossContext, SSLMethod, check_anchors, check_views, mean_over_view_pairs
 
 
 @METHODS.register("vicreg")
@@ -39,9 +37,7 @@ class VICReg(SSLMethod):
         self.criterion = VICRegLoss(lambda_param=cfg.sim_coeff, mu_param=cfg.std_coeff, nu_param=cfg.cov_coeff)
 
     def support_loss(self, z: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        check_views(z, 2)
-        pairs = [self.criterion(z[:, u], z[:, w]) for u, w in itertools.combinations(range(z.shape[1]), 2)]
-        return torch.stack(pairs).mean()
+        return mean_over_view_pairs(self.criterion, z)
 
     def anchors(self, z_support: torch.Tensor, ctx: LossContext) -> torch.Tensor:
         """c_i = mean_u ẑ_{i,u} under stop-gradient (no ℓ2 normalisation: VICReg depends on the scale)."""
@@ -49,10 +45,7 @@ class VICReg(SSLMethod):
         return z_support.detach().mean(dim=1)
 
     def query_loss(self, z_query: torch.Tensor, anchors: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        check_views(z_query, 1, "z_query")
-        if anchors.shape != (z_query.shape[0], z_query.shape[2]):
-            raise ValueError(f"anchors must be [n, d] = {(z_query.shape[0], z_query.shape[2])}, "
-                             f"got {tuple(anchors.shape)}")
+        check_anchors(anchors, z_query)
         rows = z_query.flatten(0, 1)
         invariance = F.mse_loss(z_query, anchors.detach()[:, None].expand_as(z_query))
         return (self.cfg.sim_coeff * invariance + self.cfg.std_coeff * variance_loss(rows)
