@@ -123,6 +123,9 @@ class PluginConfig:
     split: str = choice("view", ("view", "sample"))
     remainder: str = choice("drop", ("drop", "error"), help="batch size not divisible by n_tasks")
     factor_hidden: int = bounded(64, 1)
+    factor_init: str = choice("random", ("random", "pca"),
+                              help="f_v's base V0: random orthonormal, or pca = the top-n_f eigenvectors of the first "
+                                   "batch's Z_fᵀZ_f (the Eq. 1 optimum at step 0; docs/tc2.md)")
     weight_hidden: int = bounded(64, 1)
     gate_bias_init: float = 2.0
     conflict_every: int = bounded(1, 0, help="log inter-task gradient cosine every j steps (0 = off)")

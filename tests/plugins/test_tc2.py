@@ -25,6 +25,7 @@ from tc2ssl.data.tasks import build_tasks
 from tc2ssl.errors import ConfigError
 from tc2ssl.methods.base import LossContext
 from tc2ssl.plugins.base import StepInfo
+from tc2ssl.tc2.factor_net import FactorNet
 from tc2ssl.tc2.losses import brier_query_loss, nt_xent_multiview
 from tc2ssl.tc2.stats import batch_statistics
 from tc2ssl.train.loop import build_run, pretrain
@@ -687,3 +688,32 @@ def test_whitening_loss_on_tasks_not_larger_than_the_embedding_warns_once(make_r
         for quiet in (make_run("method.name=barlow_twins", "method.proj_output_dim=8"), make_run()):
             quiet.plugin.training_step(images_of(quiet), INFO)
     assert not [w for w in caught if "whitens" in str(w.message)]
+
+
+def test_factor_init_pca_sets_v0_once_from_the_first_batch_and_survives_a_resume(make_run, monkeypatch):
+    run = make_run("plugin.factor_init=pca", "plugin.conflict_every=0")
+    seen = []
+    init = FactorNet.init_base_from
+
+    def spy(self, zf):
+        seen.append(zf.clone())
+        return init(self, zf)
+
+    monkeypatch.setattr(FactorNet, "init_base_from", spy)
+    base_before = run.plugin.factor_net.base.detach().clone()
+    run.plugin.training_step(images_of(run), INFO)
+    assert len(seen) == 1 and run.plugin.factor_base_initialised
+    expected = torch.linalg.svd(seen[0], full_matrices=False).Vh[:run.plugin.n_factors].T
+    # after the step's own stage-1 update the base has moved a little from the PCA basis, not back to V0
+    assert (run.plugin.factor_net.base - expected).abs().max() < 0.1 < (base_before - expected).abs().max()
+    run.plugin.training_step(images_of(run, start=BATCH), StepInfo(epoch=0, step=1, seed=2))
+    assert len(seen) == 1                                                            # once per run
+
+    resumed = make_run("plugin.factor_init=pca", "plugin.conflict_every=0")
+    resumed.plugin.load_state_dict(run.plugin.state_dict())
+    resumed.plugin.load_extra_state(run.plugin.extra_state())
+    resumed.plugin.training_step(images_of(run), StepInfo(epoch=1, step=2, seed=3))
+    assert len(seen) == 1                                                            # not again after a resume
+    default = make_run("plugin.conflict_every=0")
+    default.plugin.training_step(images_of(default), INFO)
+    assert len(seen) == 1 and not default.plugin.factor_base_initialised            # factor_init=random

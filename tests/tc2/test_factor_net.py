@@ -70,3 +70,21 @@ def test_functional_call_gradients_match_autograd():
     loss_v(net(stats), zf).backward()
     for name, p in net.named_parameters():
         torch.testing.assert_close(grads[name], p.grad)
+
+
+def test_pca_init_puts_the_base_at_the_eq1_optimum_of_the_batch():
+    """plugin.factor_init=pca: V0 ← top eigenvectors of Z_fᵀZ_f; with the MLP's zero init, L_v = its optimum."""
+    torch.manual_seed(0)
+    zf = torch.randn(256, 12, dtype=torch.float64) @ torch.diag(torch.linspace(3.0, 0.1, 12, dtype=torch.float64))
+    net = FactorNet(12, 4).double()
+    v = net(batch_statistics(zf))
+    assert loss_v(v, zf) > 1.5 * loss_v_optimum(zf, 4)                 # random orthonormal V0: far from it
+    net.init_base_from(zf)
+    v = net(batch_statistics(zf))
+    torch.testing.assert_close(loss_v(v, zf), loss_v_optimum(zf, 4), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(v.T @ v, torch.eye(4, dtype=torch.float64), rtol=0, atol=1e-12)
+    few_rows = FactorNet(12, 6).double()                                # 3 rows < 6 factors: completed
+    few_rows.init_base_from(zf[:3])
+    torch.testing.assert_close(few_rows.base.T @ few_rows.base, torch.eye(6, dtype=torch.float64), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"Z_f must be \[rows, d\] = \[R, 12\]"):
+        net.init_base_from(zf[:, :5])

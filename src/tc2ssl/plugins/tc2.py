@@ -113,6 +113,7 @@ class TaskPlugin(Plugin):
                                         gate_bias_init=p.gate_bias_init, task_context=p.task_context)
             self.stage1_optimizer = (torch.optim.Adam(self.calibrator_parameters().values(), lr=p.stage1_adam_lr)
                                      if p.stage1_optimizer == "adam" else None)
+        self.factor_base_initialised = False   # plugin.factor_init=pca: set at the first stage 1 (checkpointed)
         self.conflict = ConflictTracker()
         self.inner_gain_hits = [0, 0]  # (tasks where the inner step lowered L_ssl^s, tasks measured) this epoch
         self.last_health: dict[str, torch.Tensor] = {}
@@ -211,6 +212,9 @@ class TaskPlugin(Plugin):
             stat_rows = stat_rows.to(zf.device, non_blocking=True)
         z_stats = zf if stat_rows is None else zf[stat_rows]
         stats = batch_statistics(z_stats)
+        if p.factor_init == "pca" and not self.factor_base_initialised:   # V0 from the first batch (docs/tc2.md)
+            self.factor_net.init_base_from(z_stats)
+            self.factor_base_initialised = True
         rows = torch.arange(zf.shape[0], device=zf.device).view(n_img, m, -1)      # [N, m, rows per view]
         images = torch.arange(n_img, device=zf.device)[:, None]
         support_rows = rows[images, split.support_idx.to(zf.device)].reshape(-1)
@@ -557,11 +561,13 @@ class TaskPlugin(Plugin):
         return found
 
     def extra_state(self) -> dict:
+        state = {"factor_base_initialised": self.factor_base_initialised}
         if getattr(self, "stage1_optimizer", None) is not None:
-            return {"stage1_optimizer": self.stage1_optimizer.state_dict()}
-        return {}
+            state["stage1_optimizer"] = self.stage1_optimizer.state_dict()
+        return state
 
     def load_extra_state(self, state: dict) -> None:
+        self.factor_base_initialised = bool(state.get("factor_base_initialised", False))
         if "stage1_optimizer" in state and getattr(self, "stage1_optimizer", None) is not None:
             self.stage1_optimizer.load_state_dict(state["stage1_optimizer"])
 

@@ -47,6 +47,18 @@ class FactorNet(nn.Module):
         nn.init.zeros_(self.mlp[-1].bias)
         self.output_scale = dim ** -0.5
 
+    @torch.no_grad()
+    def init_base_from(self, zf: torch.Tensor) -> None:
+        """V0 ← the top-n_f right singular vectors of Z_f [R, d] (eigenvectors of Z_fᵀZ_f): with the MLP's zero
+        output at init, V = V0 is then the minimiser of Eq. 1 for this batch (``plugin.factor_init=pca``)."""
+        if zf.dim() != 2 or zf.shape[1] != self.dim:
+            raise ValueError(f"Z_f must be [rows, d] = [R, {self.dim}], got shape {tuple(zf.shape)}")
+        top = torch.linalg.svd(zf.to(self.base.dtype), full_matrices=False).Vh[: self.n_factors].T   # [d, ≤ n_f]
+        if top.shape[1] < self.n_factors:      # fewer rows than factors: complete with an orthonormal rest
+            rest = torch.linalg.qr(torch.cat([top, self.base], dim=1)).Q[:, top.shape[1]: self.n_factors]
+            top = torch.cat([top, rest], dim=1)
+        self.base.copy_(top)
+
     def forward(self, stats: torch.Tensor) -> torch.Tensor:
         """V = V0 + MLP(LayerNorm(Sᵀ))/√d [d, n_f] for S = ``stats`` [(d+1), d]."""
         if stats.shape != (self.dim + 1, self.dim):
