@@ -3,7 +3,7 @@
 ``metrics.jsonl`` holds one JSON object per line, appended while training runs:
 
 - step records: ``{"kind": "step", "epoch", "step", "loss", "lr", "images_per_s", ...}`` plus method/plug-in
-  metrics such as ``"tc2/loss_v"``;
+  metrics such as ``"tc2/loss_v"`` (``images_per_s``: over the steps since the previous logged one);
 - epoch records: ``{"kind": "epoch", "epoch", "loss"`` (the epoch mean) ``, ...}`` plus per-epoch summaries.
 
 A run killed while writing leaves a truncated last line; it is skipped. Plots use matplotlib's object API
