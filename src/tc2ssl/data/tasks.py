@@ -62,14 +62,18 @@ class TaskSplit:
         return TaskSplit(groups=move(self.groups), support_idx=move(self.support_idx),
                          query_idx=move(self.query_idx), n_kept=self.n_kept, total_tasks=self.total_tasks)
 
-    def support_views(self, views: torch.Tensor, task: int) -> torch.Tensor:
-        """views [N, m, ...] -> the support views of task ``task``: [n, m', ...]."""
-        members = self.groups[task]
+    def members(self, task: int | None) -> torch.Tensor:
+        """The image indices of task ``task`` [n]; with ``None``, those of all K tasks one task after another [K·n]."""
+        return self.groups.reshape(-1) if task is None else self.groups[task]
+
+    def support_views(self, views: torch.Tensor, task: int | None) -> torch.Tensor:
+        """views [N, m, ...] -> the support views of task ``task``: [n, m', ...] (``None``: of all tasks)."""
+        members = self.members(task)
         return views[members[:, None], self.support_idx[members]]
 
-    def query_views(self, views: torch.Tensor, task: int) -> torch.Tensor:
-        """views [N, m, ...] -> the query views of task ``task``: [n, m - m', ...]."""
-        members = self.groups[task]
+    def query_views(self, views: torch.Tensor, task: int | None) -> torch.Tensor:
+        """views [N, m, ...] -> the query views of task ``task``: [n, m - m', ...] (``None``: of all tasks)."""
+        members = self.members(task)
         return views[members[:, None], self.query_idx[members]]
 
 

@@ -215,14 +215,14 @@ class TaskPlugin(Plugin):
         if p.factor_init == "pca" and not self.factor_base_initialised:   # V0 from the first batch (docs/tc2.md)
             self.factor_net.init_base_from(z_stats)
             self.factor_base_initialised = True
+        split = split.to(zf.device)                                                 # a no-op in training_step
         rows = torch.arange(zf.shape[0], device=zf.device).view(n_img, m, -1)      # [N, m, rows per view]
         images = torch.arange(n_img, device=zf.device)[:, None]
-        support_rows = rows[images, split.support_idx.to(zf.device)].reshape(-1)
-        query_rows = rows[images, split.query_idx.to(zf.device)].reshape(-1)
+        s_idx, q_idx = split.support_idx, split.query_idx
+        support_rows = rows[images, s_idx].reshape(-1)
+        query_rows = rows[images, q_idx].reshape(-1)
         if p.lw_rows == "all":
             support_rows = query_rows = rows.reshape(-1)
-        groups = split.groups.to(zf.device)
-        s_idx, q_idx = split.support_idx.to(zf.device), split.query_idx.to(zf.device)
         task_views = views if self.generative else None   # masks and targets of the views for generative losses
 
         support_only = self.bilevel                   # the support objective of the bi-level step needs no query rows
@@ -235,8 +235,10 @@ class TaskPlugin(Plugin):
                 zs_hat_all = self.calibrated(z_support_all.reshape(-1, d), basis, phi).view(z_support_all.shape)
             else:
                 z_hat_all = self.calibrated(zf, basis, phi).view(z_all.shape)       # [N, m, (T,) d]
-            def loss_of(members):                                                   # the images of a task
-                xs = None if task_views is None else task_views[members[:, None], s_idx[members]]
+
+            def loss_of(task):                  # task k's SSL loss; task None: all K tasks' rows as one task
+                members = split.members(task)
+                xs = None if task_views is None else split.support_views(task_views, task)
                 ctx = LossContext(views=xs, calibrate=lambda z, b=basis, f=phi: self.calibrated(self.prep(z), b, f))
                 if which == "support" and support_only:
                     return self.method.support_loss(zs_hat_all[members], ctx)           # [n, m', (T,) d]
@@ -244,15 +246,15 @@ class TaskPlugin(Plugin):
                     ctx = LossContext(views=None if task_views is None else task_views[members],
                                       calibrate=ctx.calibrate)
                     return self.method.support_loss(z_hat_all[members], ctx)
-                zs_hat = z_hat_all[members[:, None], s_idx[members]]                    # [n, m', (T,) d]
-                zq_hat = z_hat_all[members[:, None], q_idx[members]]                    # [n, m-m', (T,) d]
-                xq = None if task_views is None else task_views[members[:, None], q_idx[members]]
+                zs_hat = split.support_views(z_hat_all, task)                           # [n, m', (T,) d]
+                zq_hat = split.query_views(z_hat_all, task)                             # [n, m-m', (T,) d]
+                xq = None if task_views is None else split.query_views(task_views, task)
                 return self._query_loss(zq_hat, zs_hat, None, xs, xq, ctx.calibrate)
 
             if self.tasks_in_one_loss_call:   # per-view losses, equal-size tasks: (1/K)Σ_k L_k = L(all rows)
-                losses = [loss_of(groups.reshape(-1))]
+                losses = [loss_of(None)]
             else:
-                losses = [loss_of(groups[k]) for k in range(split.n_tasks)]
+                losses = [loss_of(k) for k in range(split.n_tasks)]
             ssl = torch.stack(losses).mean()                                        # (1/K)Σ_k in Eqs. 4-5
             tc2, lv, lw = self.loss_tc2(zf, basis, support_rows if which == "support" else query_rows, phi,
                                         lv_rows=stat_rows)
