@@ -94,9 +94,10 @@ class ViewMaker:
         self.preset, self.resolution, self.channels, self.crop_mode = preset, resolution, channels, crop_mode
         self.dtype = torch.float32
         self._pipelines: dict[str, nn.Module] = {}   # by kornia cropping mode, built on first use
-        self.pipeline = self._pipeline(crop_mode_for(crop_mode, "cpu"))
 
-    def _pipeline(self, cropping_mode: str) -> nn.Module:
+    def pipeline_for(self, device: torch.device | str) -> nn.Module:
+        """The kornia pipeline this view maker runs on ``device`` (its crop mode resolved there)."""
+        cropping_mode = crop_mode_for(self.crop_mode, device)
         if cropping_mode not in self._pipelines:
             pipeline = build_augmentation(self.preset, self.resolution, self.channels, cropping_mode)
             self._pipelines[cropping_mode] = pipeline.to(self.dtype)
@@ -118,18 +119,19 @@ class ViewMaker:
         images)."""
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"expected uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
-        self.pipeline = self._pipeline(crop_mode_for(self.crop_mode, images.device))
+        pipeline = self.pipeline_for(images.device)
         if rows is not None:
-            return self._views_of_rows(images, n_views, seed, rows)
+            return self._views_of_rows(pipeline, images, n_views, seed, rows)
         n = images.shape[0]
         x = images.to(self.dtype).div_(255.0)
         stacked = x.unsqueeze(0).expand(n_views, *x.shape).reshape(n_views * n, *x.shape[1:])
         with seeded(seed, images.device), torch.no_grad():
-            views = self.pipeline(stacked).clamp_(0.0, 1.0)
+            views = pipeline(stacked).clamp_(0.0, 1.0)
         views = views.view(n_views, n, *x.shape[1:]).transpose(0, 1)  # [N, m, C, H, W]
         return views.mul(2.0).sub_(1.0).contiguous()
 
-    def _views_of_rows(self, images: torch.Tensor, n_views: int, seed: int, rows: torch.Tensor) -> torch.Tensor:
+    def _views_of_rows(self, pipeline: nn.Module, images: torch.Tensor, n_views: int, seed: int,
+                       rows: torch.Tensor) -> torch.Tensor:
         n = images.shape[0]
         rows = rows.to(torch.long).cpu()
         x = images[rows.to(images.device)].to(self.dtype).div_(255.0)
@@ -140,7 +142,7 @@ class ViewMaker:
         whole_batch_shape = torch.Size((n_views * n, *x.shape[1:]))
         with seeded(seed, images.device), torch.no_grad():
             out = stacked
-            for op in _ops(self.pipeline):
+            for op in _ops(pipeline):
                 params = op.forward_parameters(whole_batch_shape)   # the same draws as a whole-batch call
                 out = op(out, params=_params_of_rows(params, stack_rows, whole_batch_shape[0], out.shape))
             views = out.clamp_(0.0, 1.0)
