@@ -9,7 +9,7 @@
                      [--methods byol,...] [key=value ...]
                                                         transfer / OOD suites: pacs, colored_mnist, digits_transfer,
                                                         cifar10_subset (results.md: mean ± std, paired CIs,
-                                                        the SPEC §9.2 checks R1-R6 with their verdicts)
+                                                        the checks (docs/decisions.md) R1-R6 with their verdicts)
     tc2ssl recheck BENCHMARK_DIR                        recompute a finished benchmark's checks, rewrite results.md
     tc2ssl evaluate RUN_DIR [eval.data=NAME ...]         linear probe + kNN of a trained encoder on any labelled data
     tc2ssl config [-p PRESET ...] [key=value ...]       print the resolved config
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="", help="further SSL methods, comma-separated: rows METHOD/PLUGIN for "
                    "every plug-in, paired with METHOD/none (the base method.name keeps the plain rows)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides and suite.KEY=VALUE suite options")
-    p = sub.add_parser("recheck", help="recompute the SPEC §9.2 checks of a finished benchmark and rewrite its "
+    p = sub.add_parser("recheck", help="recompute the checks (docs/decisions.md) of a finished benchmark and rewrite its "
                        "results.json / results.md")
     p.add_argument("benchmark_dir", help="the benchmark's output folder (holding results.json)")
     p = sub.add_parser("evaluate", help="evaluate a run's encoder (linear probe + kNN)")

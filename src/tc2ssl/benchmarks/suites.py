@@ -1,4 +1,4 @@
-"""The benchmark suites of ``tc2ssl benchmark SUITE`` (SPEC §9.1 D1–D4; checks R4, R5, R5b, R6).
+"""The benchmark suites of ``tc2ssl benchmark SUITE`` (D-BM-01; checks R4, R5, R5b, R6).
 
 Usage: ``tc2ssl benchmark [--preset smoke|cpu|paper] [--plugins none,tasks,tc2] [--seeds 0,1,2] SUITE
 [key=value ...] [suite.KEY=VALUE ...]`` (argparse takes the options before SUITE or after the overrides, not
@@ -476,7 +476,7 @@ def write_results(suite: Suite, result: dict, out: Path) -> None:
 
 
 def recheck(out_dir: str | Path) -> dict:
-    """Recompute the SPEC §9.2 checks of a finished benchmark from ``out_dir/results.json`` (and its run folders,
+    """Recompute the checks (docs/decisions.md) of a finished benchmark from ``out_dir/results.json`` (and its run folders,
     where still on disk) and rewrite its results.json and results.md (``tc2ssl recheck DIR``)."""
     path = Path(out_dir) / "results.json"
     if not path.is_file():

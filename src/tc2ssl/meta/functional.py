@@ -22,12 +22,12 @@ which the caller uses to hand a finished meta-gradient to the outer optimiser.
   and small models.
 - ``"first_order"``: g = v, the gradient at the adapted parameters applied to θ (FOMAML). This drops the
   α·H_in·v term of Eq. 7 and is TC²'s default ``stage2_mode``.
-- ``"finite_difference"``: g = v − α·[∇L_in(θ + εv) − ∇L_in(θ − εv)]/(2ε), ε = r/‖v‖ (SPEC (S5), DARTS-style).
-  This is the unrolled AID-FD hypergradient of GeSSL (SPEC §5.3): two extra gradient evaluations per task and
+- ``"finite_difference"``: g = v − α·[∇L_in(θ + εv) − ∇L_in(θ − εv)]/(2ε), ε = r/‖v‖ (D-EN-01, DARTS-style).
+  This is the unrolled AID-FD hypergradient of GeSSL (D-EN-01): two extra gradient evaluations per task and
   no double back-propagation; its error against ``"exact"`` is O(ε²).
 
 For ``steps`` = K > 1 inner steps the trajectory φ_0 = θ, …, φ_K is kept and the vector is pulled back with
-v ← (I − α H_in(φ_{k−1})) v for k = K..1, the Hessian-vector product taken by (S5) in ``"finite_difference"``
+v ← (I − α H_in(φ_{k−1})) v for k = K..1, the Hessian-vector product taken by (D-EN-01) in ``"finite_difference"``
 mode and by autograd through the whole unroll in ``"exact"`` mode. With α = 0 every mode returns ∇L_out(θ)
 exactly.
 
@@ -251,7 +251,7 @@ def _global_norm(vector: Params) -> torch.Tensor:
 
 
 def hessian_vector_product_fd(loss_fn: LossFn, params: Params, vector: Params, radius: float) -> Params:
-    """H(θ)·v ≈ [∇L(θ + εv) − ∇L(θ − εv)] / (2ε), ε = radius/‖v‖ (SPEC (S5)); detached.
+    """H(θ)·v ≈ [∇L(θ + εv) − ∇L(θ − εv)] / (2ε), ε = radius/‖v‖ (D-EN-01); detached.
 
     A zero vector gives a zero product (the probes then coincide); no host synchronisation.
     """
@@ -264,7 +264,7 @@ def hessian_vector_product_fd(loss_fn: LossFn, params: Params, vector: Params, r
     grad_plus = grad_dict(loss_fn(plus), plus)
     minus = _leaves({n: p.detach() - eps * vector[n] for n, p in params.items()})
     grad_minus = grad_dict(loss_fn(minus), minus)
-    return {n: (grad_plus[n] - grad_minus[n]) / (2 * eps) for n in params}            # (S5)
+    return {n: (grad_plus[n] - grad_minus[n]) / (2 * eps) for n in params}            # (D-EN-01)
 
 
 def hypergradient(outer_loss_fn: Callable[[Params], Any], inner_loss_fn: LossFn, params: Params,
@@ -274,7 +274,7 @@ def hypergradient(outer_loss_fn: Callable[[Params], Any], inner_loss_fn: LossFn,
                   inner_grad_transform: Callable[[Params], Params] | None = None) -> HypergradResult:
     """d/dθ L_out(φ_K(θ)) where φ_K is ``steps`` inner SGD steps of size ``lr`` on L_in from θ = ``params``.
 
-    ``mode``: ``"first_order"`` (FOMAML, g = ∇L_out(φ_K)), ``"finite_difference"`` (unrolled AID-FD, SPEC (S5),
+    ``mode``: ``"first_order"`` (FOMAML, g = ∇L_out(φ_K)), ``"finite_difference"`` (unrolled AID-FD, D-EN-01,
     radius ``fd_radius``) or ``"exact"`` (autograd through the unroll). See the module docstring for how they
     relate to TC² Eqs. 6–7. ``params`` is only read: the result is detached and no ``.grad`` is written.
 

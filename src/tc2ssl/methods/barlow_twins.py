@@ -1,12 +1,12 @@
 """Barlow Twins (Zbontar et al., 2021, "Barlow Twins: Self-Supervised Learning via Redundancy Reduction").
 
-Head: lightly's ``BarlowTwinsProjectionHead`` (3-layer MLP); its output is the calibration point (SPEC §3.5.3).
-Loss (SPEC §2.2, Barlow Twins Eq. 1): C = BN(z_a)ᵀBN(z_b)/n, Σ_i(1 − C_ii)² + λ Σ_{i≠j} C_ij², lightly's
+Head: lightly's ``BarlowTwinsProjectionHead`` (3-layer MLP); its output is the calibration point (D-TC-07).
+Loss (D-SSL-02, Barlow Twins Eq. 1): C = BN(z_a)ᵀBN(z_b)/n, Σ_i(1 − C_ii)² + λ Σ_{i≠j} C_ij², lightly's
 ``BarlowTwinsLoss`` with λ = ``cfg.lambda_bt`` (0 = 1/d); for v > 2 views, the mean over the view pairs u < w.
 BN standardises dimensions, not rows, so the loss is not invariant to ℓ2-normalising z: ``cosine_based`` is False
 (TC² does not ℓ2-normalise z).
 
-Query loss (SPEC §3.7): the native loss between BN(query view v) and BN(anchors), averaged over the query views,
+Query loss (D-TC-12): the native loss between BN(query view v) and BN(anchors), averaged over the query views,
 with the anchors c_i = mean_u ẑ_{i,u} of the support views (stop-gradient, not normalised: BN standardises them).
 """
 from __future__ import annotations

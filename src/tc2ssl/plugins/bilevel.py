@@ -14,7 +14,7 @@ Per batch (docs/architecture.md draws it):
 
 Generative methods (a method with ``generative = True``, e.g. MAE): each image gets ONE augmented view and
 ``method.task_views`` turns it into m masked views; the support of a task holds m' masked views plus the unmasked
-image (the reconstruction target, carried by the views), the query the other m − m' (D-TC-10).
+image (the reconstruction target, carried by the views), the query the other m − m' (D-TC-28).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from tc2ssl.timing import SectionTimer, section
 
 #: stream constants that derive the task split and the masks from the step seed
 TASK_STREAM, MASK_STREAM = 0x7A5C, 0x3D1F
-#: the share of tasks whose inner step must lower the support loss (warned about per epoch, D-TC-12)
+#: the share of tasks whose inner step must lower the support loss (warned about per epoch; check R8)
 MIN_INNER_GAIN_RATE = 0.8
 
 
@@ -95,7 +95,7 @@ class BilevelTaskPlugin(Plugin):
 
     uses_tasks = True
     supports_distributed = True
-    #: whether ``plugin.plus_t_mode=joint`` (the joint multi-task reading of "+T", D-TC-13) applies
+    #: whether ``plugin.plus_t_mode=joint`` (the joint multi-task reading of "+T", D-TC-27) applies
     reads_plus_t_mode = True
 
     @classmethod
@@ -307,7 +307,7 @@ class BilevelTaskPlugin(Plugin):
         return encoder_input(x, self.channels_last and getattr(x, "is_cuda", False))
 
     def _drop_remainder(self, images: torch.Tensor) -> torch.Tensor:
-        """K must divide N (D-TC-14): drop the last images with a warning, or raise (``plugin.remainder``)."""
+        """K must divide N (D-TC-21): drop the last images with a warning, or raise (``plugin.remainder``)."""
         p = self.cfg
         rest = images.shape[0] % p.n_tasks
         if not rest:
@@ -339,7 +339,7 @@ class BilevelTaskPlugin(Plugin):
             summary["tc2/inner_gain_rate"] = hits / total
             if hits / total < MIN_INNER_GAIN_RATE:
                 warnings.warn(f"epoch {epoch}: the inner step (Eq. 6) lowered the support loss in only "
-                              f"{hits}/{total} tasks (we want >= {MIN_INNER_GAIN_RATE:.0%}, D-TC-12); tune "
+                              f"{hits}/{total} tasks (we want >= {MIN_INNER_GAIN_RATE:.0%}, check R8); tune "
                               "plugin.beta1", stacklevel=2)
         self.inner_gain_hits = [0, 0]
         return summary

@@ -90,7 +90,7 @@ class TC2(BilevelTaskPlugin):
 
         It is exact only when the encoder treats samples independently: a BatchNorm that normalises with batch
         statistics makes a view's representation depend on the other views of its forward call, and the statistics
-        forward (all N·m views) and the inner forward (task k's support views only, D-TC-08) then see different
+        forward (all N·m views) and the inner forward (task k's support views only, D-TC-22) then see different
         batches. ``auto`` shares only where no such layer is active; ``always`` shares anyway (S then holds the
         support views under task-level BN statistics; docs/performance.md); ``never`` never shares.
         """

@@ -11,7 +11,7 @@ Per batch (docs/tc2.md has the equation-to-code table):
 - stage 1 (Eqs. 4-5), the encoder fixed: a support step of f_v, f_w on L̄^s = (1/K)Σ_k L_ssl^s + L_tc², then a query
   step on L̄^q = (1/K)Σ_k L_sse^q + L_tc², through the bi-level engine (``tc2ssl.meta.functional.hypergradient``):
   ``stage1_mode=sequential`` steps from the adapted f' (Eq. 5 as written), ``fomaml`` applies ∇ at f' to f,
-  ``maml`` differentiates through the support step (D-TC-06).
+  ``maml`` differentiates through the support step (D-TC-09).
 
 The task plug-in supplies the losses: the method's ``support_loss`` and its own ``query_loss``.
 """
@@ -36,7 +36,7 @@ from tc2ssl.tc2.losses import loss_tc2, loss_v, loss_w
 from tc2ssl.tc2.stats import batch_statistics
 from tc2ssl.tc2.weight_net import WeightNet
 
-#: S and L_v of token-level representations use at most this many token rows (D-TC-11)
+#: S and L_v of token-level representations use at most this many token rows (D-TC-29)
 MAX_STATISTIC_TOKENS = 4096
 #: the stream constant that derives the token subsample from the step seed
 TOKEN_STREAM = 0x51E7
@@ -179,7 +179,7 @@ class Calibrator(nn.Module):
         with torch.enable_grad():                  # stage 1 differentiates, whatever the caller's grad mode
             metrics = self._update(batch)
         with torch.no_grad():
-            basis = self.factor_net(batch.stats).detach()                          # V* for stage 2 (D-TC-07)
+            basis = self.factor_net(batch.stats).detach()                          # V* for stage 2 (D-TC-17)
         return basis, metrics, z_stats, batch.stats
 
     def _stage1_batch(self, z_all, split: TaskSplit, views, seed: int, query_loss) -> Stage1Batch:
