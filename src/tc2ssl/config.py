@@ -110,10 +110,26 @@ class PluginConfig:
     fd_radius: float = bounded(1e-2, 0.0, low_open=True)
     task_reduction: str = choice("mean", ("mean", "sum"), help="Eq. 7: mean over tasks, or the literal sum")
     reduction: str = choice("mean", ("mean", "sum"), help="Eqs. 1-2: per-row mean, or the literal sum")
-    weight_mode: str = choice("gated", ("gated", "free"))
+    weight_mode: str = choice("shrink", ("shrink", "gated", "free"),
+                              help="f_w: shrink = a learned soft threshold of zV (gates can close), gated = "
+                                   "σ(MLP)⊙zV (the spec's reading), free = MLP(z) (literal)")
+    l1_scale: str = choice("relative", ("relative", "absolute"),
+                           help="λ₁ of Eq. 2: relative = plugin.l1_relative_coef × the batch RMS of the coordinates "
+                                "zV; absolute = plugin.l1_coef")
+    l1_relative_coef: float = bounded(0.5, 0.0, help="λ₁ / RMS(zV) under plugin.l1_scale=relative")
+    factor_mode: str = choice("subspace", ("subspace", "mlp"),
+                              help="f_v: subspace = the learned base refined by subspace iteration on each batch's S; "
+                                   "mlp = V0 + MLP(S) alone (the spec's reading)")
+    factor_power_steps: int = bounded(4, 1, help="subspace iterations of factor_mode=subspace")
+    task_context: bool = field(default=False, metadata={"help": "f_w also sees the mean representation of each row's "
+                                                                 "task"})
+    task_split: str = choice("random", ("random", "kmeans"),
+                             help="tasks: uniformly random groups (the paper), or balanced k-means clusters of the "
+                                  "batch's representations (tasks that differ)")
     input_norm: str = choice("auto", ("auto", "l2", "rms", "none"),
                              help="auto: l2 for cosine methods, rms (scale-equivariant) otherwise")
-    detach_v_in_lw: bool = True
+    detach_v_in_lw: bool = field(default=False, metadata={"help": "V detached inside L_w (true: V is 'pre-given', "
+                                                                   "only L_v trains f_v)"})
     lw_rows: str = choice("split", ("split", "all"), help="L_w on support/query rows, or all rows (D-TC-15)")
     query_loss: str = choice("default", ("default", "native", "proto_mse"))
     calibration: bool = True
@@ -222,7 +238,6 @@ def preset_path(name: str) -> Path:
 REMOVED_KEYS = {
     "data.num_workers": "the data are in-memory tensors and no DataLoader workers exist; remove the key",
     "plugin.split": "the task split is always by view (each image's views go to support and query); remove the key",
-    "plugin.task_context": "f_w never sees a task context (docs/decisions.md D-TC-03); remove the key",
 }
 
 

@@ -6,6 +6,6 @@ every plug-in implements is ``tc2ssl.plugins.base.Plugin``.
 """
 from tc2ssl.plugins.base import PLUGINS, Plugin, build_plugin
 
-from tc2ssl.plugins import baseline, bilevel, tc2  # noqa: F401,E402
+from tc2ssl.plugins import baseline, bilevel, tc2, tc2_controls  # noqa: F401,E402
 
 __all__ = ["PLUGINS", "Plugin", "build_plugin"]

@@ -52,18 +52,25 @@ class TC2(BilevelTaskPlugin):
         """Z at θ, stage 1 (updates f_v, f_w) and the health metrics; the calibration with V* for stage 2."""
         if self.calibrator is None:
             return StepPreparation()
-        with section(self.timer, "statistics_forward"), self.distributed.global_batch_norm(self.method):
-            z, shared = self.statistics_forward(views, shard.split.to(split.groups.device))
-            z = shard.gather_images(z)                                              # all N images, batch order
+        z, shared = self.batch_representations(views, split, shard)
         with section(self.timer, "stage1"), float32_region(z.device):               # S, f_v, f_w, L_v in fp32
-            z = at_least_float32(z)
-            self.calibrator.set_scale(z)
-            basis, metrics, zf, _ = self.stage1(self.calibrator.prep(z), split, views, seed=info.seed)
+            basis, metrics, zf, _ = self.stage1(z, split, views, seed=info.seed)
         if info.step % self.cfg.health_every == 0:
             with section(self.timer, "health"), float32_region(z.device):
                 self.last_health = self.calibrator.health(basis, zf)
             metrics.update(self.last_health)
         return StepPreparation(transform=Calibration(self.calibrator, basis), shared=shared, metrics=metrics)
+
+    def batch_representations(self, views, split: TaskSplit, shard: TaskShard) -> tuple[torch.Tensor, SharedSupport | None]:
+        """Z at θ of all N images in batch order, at least float32 and prepped (``Calibrator.prep``, its scale s
+        set from this batch), and the shared support forward (None when not shared)."""
+        with section(self.timer, "statistics_forward"), self.distributed.global_batch_norm(self.method):
+            z, shared = self.statistics_forward(views, shard.split.to(split.groups.device))
+            z = shard.gather_images(z)                                              # all N images, batch order
+        with float32_region(z.device):
+            z = at_least_float32(z)
+            self.calibrator.set_scale(z)
+            return self.calibrator.prep(z), shared
 
     def stage1(self, z_all: torch.Tensor, split: TaskSplit, views, seed: int = 0):
         """Stage 1 (Eqs. 4-5) on prepped representations ``z_all``: see ``Calibrator.stage1``."""

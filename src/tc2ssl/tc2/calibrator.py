@@ -31,7 +31,7 @@ from tc2ssl.errors import ConfigError
 from tc2ssl.meta.functional import Params, grad_dict, hypergradient, sgd_step
 from tc2ssl.methods.base import LossContext, sub_params
 from tc2ssl.tc2.factor_net import FactorNet
-from tc2ssl.tc2.health import health_metrics
+from tc2ssl.tc2.health import gate_selectivity, health_metrics, subspace_metrics
 from tc2ssl.tc2.losses import loss_tc2, loss_v, loss_w
 from tc2ssl.tc2.stats import batch_statistics
 from tc2ssl.tc2.weight_net import WeightNet
@@ -40,6 +40,10 @@ from tc2ssl.tc2.weight_net import WeightNet
 MAX_STATISTIC_TOKENS = 4096
 #: the stream constant that derives the token subsample from the step seed
 TOKEN_STREAM = 0x51E7
+#: the pooled second moment of the health metrics is a running mean with this decay per batch
+POOLED_DECAY = 0.95
+#: the seed of the random regrouping that gate selectivity is measured against
+SELECTIVITY_SEED = 0
 
 
 @dataclass
@@ -52,7 +56,9 @@ class Calibration:
     phi: Params | None = None
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        return self.calibrator.calibrated(self.calibrator.prep(z), self.basis, self.phi)
+        """ẑ of rows z [R, d] that belong to one task (their mean is the task context when f_w reads one)."""
+        z_prepped = self.calibrator.prep(z)
+        return self.calibrator.calibrated(z_prepped, self.basis, self.phi, self.calibrator.context(z_prepped))
 
 
 @dataclass
@@ -63,6 +69,8 @@ class Stage1Batch:
     stats:       S of the statistic rows.
     split:       the batch's K tasks.
     stat_rows:   the token rows S and L_v use (None: all rows).
+    row_tasks:   the task of every row [N·m(·T)] (the task of its image).
+    context:     the task context of every row [N·m(·T), d] (None when f_w reads none).
     lw_rows:     rows of L_w per objective ("support", "query").
     views:       the step's views for a generative method's loss hooks (None otherwise).
     query_loss:  L_sse^q of one task (the plug-in's ``query_loss``).
@@ -72,6 +80,8 @@ class Stage1Batch:
     stats: torch.Tensor
     split: TaskSplit
     stat_rows: torch.Tensor | None
+    row_tasks: torch.Tensor
+    context: torch.Tensor | None
     lw_rows: dict[str, torch.Tensor]
     views: Any
     query_loss: Callable[..., torch.Tensor]
@@ -97,12 +107,21 @@ class Calibrator(nn.Module):
         self.n_factors = cfg.n_factors or max(1, dim // 2)
         if self.n_factors > dim:
             raise ConfigError(f"plugin.n_factors={self.n_factors} exceeds the representation dimension {dim}")
-        self.factor_net = FactorNet(dim, self.n_factors, hidden=cfg.factor_hidden)
+        self.factor_net = FactorNet(dim, self.n_factors, hidden=cfg.factor_hidden, mode=cfg.factor_mode,
+                                    power_steps=cfg.factor_power_steps)
         self.weight_net = WeightNet(dim, self.n_factors, hidden=cfg.weight_hidden, mode=cfg.weight_mode,
-                                    gate_bias_init=cfg.gate_bias_init)
+                                    gate_bias_init=cfg.gate_bias_init, task_context=cfg.task_context)
+        #: λ₁ of Eq. 2 for this batch: plugin.l1_coef, or l1_relative_coef × RMS(zV) (set at each stage 1)
+        self.l1_value: torch.Tensor | float = cfg.l1_coef
+        self.weight_net.threshold_scale = cfg.l1_coef / 2
+        #: the running mean of Z_fᵀZ_f/R over batches (its top-n_f subspace is the pooled, batch-independent basis
+        #: the health metrics compare V with); None before the first batch
+        self.pooled_moment: torch.Tensor | None = None
+        self.last_row_tasks: torch.Tensor | None = None
         self.stage1_optimizer = (torch.optim.Adam(self.parameter_dict().values(), lr=cfg.stage1_adam_lr)
                                  if cfg.stage1_optimizer == "adam" else None)
         self.factor_base_initialised = False   # plugin.factor_init=pca: set at the first stage 1 (checkpointed)
+        self.frozen = False                    # the tc2_frozen control: stage 1 never updates f_v, f_w
 
     def parameter_dict(self) -> Params:
         """φ: the live parameters of f_v and f_w, named ``factor_net.*`` and ``weight_net.*``."""
@@ -125,9 +144,32 @@ class Calibrator(nn.Module):
         else:
             self.scale = torch.ones((), device=z.device, dtype=z.dtype)
 
-    def calibrated(self, z_prepped: torch.Tensor, basis: torch.Tensor, phi: Params | None = None) -> torch.Tensor:
+    def calibrated(self, z_prepped: torch.Tensor, basis: torch.Tensor, phi: Params | None = None,
+                   context: torch.Tensor | None = None) -> torch.Tensor:
         """ẑ in the scale the SSL loss expects: s·f_w(z/s)Vᵀ for rms (scale-equivariant), f_w(z)Vᵀ otherwise."""
-        return self.scale * self.calibrate(z_prepped, basis, phi)
+        return self.scale * self.calibrate(z_prepped, basis, phi, context)
+
+    def context(self, z_prepped: torch.Tensor, row_tasks: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The task context of each row [R, d] (None unless ``plugin.task_context``): the detached mean of the rows
+        of its task, the tasks given by ``row_tasks`` [R] (None: all rows are one task)."""
+        if not self.cfg.task_context:
+            return None
+        z = z_prepped.detach()
+        if row_tasks is None:
+            return z.mean(0, keepdim=True).expand_as(z)
+        membership = F.one_hot(row_tasks, int(row_tasks.max()) + 1).to(z.dtype)      # [R, K]
+        means = (membership.T @ z) / membership.sum(0).clamp_min(1)[:, None]          # [K, d]
+        return means[row_tasks]
+
+    def set_l1(self, z_rows: torch.Tensor, basis: torch.Tensor) -> None:
+        """λ₁ for this batch (``plugin.l1_scale``) and the shrink threshold t₀ = λ₁/2 (the LASSO optimum for
+        orthonormal V), from the prepped rows and the current V (both detached)."""
+        if self.cfg.l1_scale == "relative":
+            rms = (z_rows.detach() @ basis.detach()).square().mean().sqrt()
+            self.l1_value = self.cfg.l1_relative_coef * rms
+        else:
+            self.l1_value = self.cfg.l1_coef
+        self.weight_net.threshold_scale = self.l1_value / 2
 
     def factors(self, stats: torch.Tensor, phi: Params | None = None) -> torch.Tensor:
         """V = f_v(S) [d, n_f]."""
@@ -135,20 +177,24 @@ class Calibrator(nn.Module):
             return self.factor_net(stats)
         return functional_call(self.factor_net, sub_params(phi, "factor_net"), (stats,))
 
-    def weights(self, z: torch.Tensor, basis: torch.Tensor, phi: Params | None = None) -> torch.Tensor:
-        """W = f_w(z, V) [R, n_f]."""
+    def weights(self, z: torch.Tensor, basis: torch.Tensor, phi: Params | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        """W = f_w(z, V) [R, n_f] (``context``: the task context of each row, when f_w reads one)."""
         if phi is None:
-            return self.weight_net(z, basis)
-        return functional_call(self.weight_net, sub_params(phi, "weight_net"), (z, basis))
+            return self.weight_net(z, basis, context)
+        return functional_call(self.weight_net, sub_params(phi, "weight_net"), (z, basis, context))
 
-    def calibrate(self, z: torch.Tensor, basis: torch.Tensor, phi: Params | None = None) -> torch.Tensor:
+    def calibrate(self, z: torch.Tensor, basis: torch.Tensor, phi: Params | None = None,
+                  context: torch.Tensor | None = None) -> torch.Tensor:
         """ẑ = f_w(z) Vᵀ: the calibrated representation (the paper's answer to its question (iii))."""
-        return self.weights(z, basis, phi) @ basis.T
+        return self.weights(z, basis, phi, context) @ basis.T
 
     def loss_tc2(self, zf: torch.Tensor, basis: torch.Tensor, rows: torch.Tensor, phi: Params | None,
-                 lv_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 lv_rows: torch.Tensor | None = None,
+                 context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(L_tc², L_v, L_w): L_v on all rows (Eq. 1), or on ``lv_rows`` when given (token subsample), L_w on
-        ``rows`` (Eq. 2), L_tc² = L_v + λ_s·L_w (Eq. 3)."""
+        ``rows`` (Eq. 2; ``context`` [R, d]: the task context of every row of ``zf``), L_tc² = L_v + λ_s·L_w
+        (Eq. 3)."""
         p = self.cfg
         zero = zf.new_zeros(())
         z_lv = zf if lv_rows is None else zf[lv_rows]
@@ -157,7 +203,8 @@ class Calibrator(nn.Module):
         if p.use_loss_w:
             basis_w = basis.detach() if p.detach_v_in_lw else basis  # "V is a pre-given matrix" (D-TC-05)
             z_rows = zf[rows]
-            lw = loss_w(z_rows, self.weights(z_rows, basis_w, phi), basis_w, l1_coef=p.l1_coef, reduction=p.reduction)
+            weights = self.weights(z_rows, basis_w, phi, None if context is None else context[rows])
+            lw = loss_w(z_rows, weights, basis_w, l1_coef=self.l1_value, reduction=p.reduction)
         return loss_tc2(lv, lw, p.lam_s), lv, lw                                    # Eq. (3)
 
     # ------------------------------------------------------------------ stage 1 (Eqs. 4-5)
@@ -176,8 +223,14 @@ class Calibrator(nn.Module):
         if self.cfg.factor_init == "pca" and not self.factor_base_initialised:  # V0 from the first batch
             self.factor_net.init_base_from(z_stats)
             self.factor_base_initialised = True
-        with torch.enable_grad():                  # stage 1 differentiates, whatever the caller's grad mode
-            metrics = self._update(batch)
+        with torch.no_grad():
+            self.set_l1(z_stats, self.factor_net(batch.stats))
+        self.last_row_tasks = batch.row_tasks if batch.stat_rows is None else None
+        if self.frozen:
+            metrics = {}
+        else:
+            with torch.enable_grad():              # stage 1 differentiates, whatever the caller's grad mode
+                metrics = self._update(batch)
         with torch.no_grad():
             basis = self.factor_net(batch.stats).detach()                          # V* for stage 2 (D-TC-17)
         return basis, metrics, z_stats, batch.stats
@@ -193,11 +246,16 @@ class Calibrator(nn.Module):
         stats = batch_statistics(zf if stat_rows is None else zf[stat_rows])
         rows = torch.arange(zf.shape[0], device=zf.device).view(n_img, m, -1)      # [N, m, rows per view]
         images = torch.arange(n_img, device=zf.device)[:, None]
+        task_of_image = torch.zeros(n_img, dtype=torch.long, device=zf.device)
+        task_of_image[split.groups.reshape(-1)] = torch.arange(split.n_tasks, device=zf.device).repeat_interleave(
+            split.task_size)
+        row_tasks = task_of_image[:, None].expand(n_img, rows.shape[1] * rows.shape[2]).reshape(-1)
         lw_rows = {"support": rows[images, split.support_idx].reshape(-1),
                    "query": rows[images, split.query_idx].reshape(-1)}
         if self.cfg.lw_rows == "all":
             lw_rows = {"support": rows.reshape(-1), "query": rows.reshape(-1)}
-        return Stage1Batch(z_all=z_all, stats=stats, split=split, stat_rows=stat_rows, lw_rows=lw_rows,
+        return Stage1Batch(z_all=z_all, stats=stats, split=split, stat_rows=stat_rows, row_tasks=row_tasks,
+                           context=self.context(zf, row_tasks), lw_rows=lw_rows,
                            views=views if self.method.generative else None, query_loss=query_loss)
 
     def _update(self, batch: Stage1Batch) -> dict[str, torch.Tensor]:
@@ -235,14 +293,18 @@ class Calibrator(nn.Module):
         if support_only:
             images = torch.arange(z_all.shape[0], device=z_all.device)[:, None]
             z_support = z_all[images, batch.split.support_idx]                     # [N, m', (T,) d], batch order
-            z_hat = self.calibrated(z_support.reshape(-1, d), basis, phi).view(z_support.shape)
+            context = None
+            if batch.context is not None:
+                context = batch.context.view(z_all.shape)[images, batch.split.support_idx].reshape(-1, d)
+            z_hat = self.calibrated(z_support.reshape(-1, d), basis, phi, context).view(z_support.shape)
         else:            # calibration is row-wise: ONE f_w call over the rows of all K tasks
-            z_hat = self.calibrated(batch.rows, basis, phi).view(z_all.shape)       # [N, m, (T,) d]
+            z_hat = self.calibrated(batch.rows, basis, phi, batch.context).view(z_all.shape)   # [N, m, (T,) d]
         calibration = Calibration(self, basis, phi)
         tasks = [None] if self.tasks_in_one_loss_call else range(batch.split.n_tasks)
         losses = [self._task_loss(task, z_hat, support_only, batch, calibration) for task in tasks]
         ssl = torch.stack(losses).mean()                                            # (1/K)Σ_k in Eqs. 4-5
-        tc2, lv, lw = self.loss_tc2(batch.rows, basis, batch.lw_rows[which], phi, lv_rows=batch.stat_rows)
+        tc2, lv, lw = self.loss_tc2(batch.rows, basis, batch.lw_rows[which], phi, lv_rows=batch.stat_rows,
+                                    context=batch.context)
         return self.cfg.stage1_ssl_weight * ssl + tc2, (ssl.detach(), lv.detach(), lw.detach())
 
     def objective_value(self, phi: Params, batch: Stage1Batch, which: str) -> torch.Tensor:
@@ -292,6 +354,17 @@ class Calibrator(nn.Module):
         with torch.no_grad():
             lv = loss_v(basis, zf, reduction=self.cfg.reduction)
             health = health_metrics(basis, zf, self.weight_net, zf, lv, self.n_factors, self.cfg.reduction)
+            moment = zf.float().T @ zf.float() / zf.shape[0]                       # this batch's Z_fᵀZ_f / R
+            pooled_moment = moment if self.pooled_moment is None else self.pooled_moment.to(moment)
+            pooled = torch.linalg.eigh(pooled_moment).eigenvectors[:, -self.n_factors:]   # fitted on past batches
+            health |= subspace_metrics(basis, zf, pooled)
+            self.pooled_moment = moment if self.pooled_moment is None else \
+                POOLED_DECAY * pooled_moment + (1 - POOLED_DECAY) * moment
+            if self.last_row_tasks is not None and self.weight_net.mode != "free" and \
+                    self.last_row_tasks.shape[0] == zf.shape[0]:
+                gates = self.weight_net.gates(zf, basis, self.context(zf, self.last_row_tasks))
+                health["gate_selectivity"] = gate_selectivity(gates, self.last_row_tasks,
+                                                              torch.Generator().manual_seed(SELECTIVITY_SEED))
         return {f"tc2/{k}": v for k, v in health.items()}
 
     def extra_state(self) -> dict:

@@ -12,6 +12,13 @@ gradient on its weights is a sum over d rows and a plain SGD step of size α mov
 spec's α = 1e-2 diverged within three steps. The MLP output is therefore scaled by 1/√d (and its input rows are
 LayerNorm-ed), which makes the change of V per SGD step independent of d, like a per-row step; V0 is a plain
 per-entry parameter and needs no scaling.
+
+``mode="subspace"`` (``plugin.factor_mode=subspace``): the MLP output B = V0 + MLP(S)/√d is the start of a few steps
+of subspace iteration on the batch's uncentred second moment M = Σ + μμᵀ (read from S), Q = orth(M^q B), and V is
+B projected onto span(Q) and orthonormalised column by column, V = orth(QQᵀB) (QR, differentiable). So
+span(V) follows each batch's top-n_f subspace while the orientation of the columns inside it (which factor is
+"factor r", what the gates of f_w refer to) is learned and persists across batches. V is orthonormal by
+construction: the orthogonality term of Eq. 1 is then 0 and only the reconstruction term trains B.
 """
 from __future__ import annotations
 
@@ -19,6 +26,15 @@ import torch
 from torch import nn
 
 from tc2ssl.errors import ConfigError
+
+FACTOR_MODES = ("mlp", "subspace")
+
+
+def orthonormal_columns(matrix: torch.Tensor) -> torch.Tensor:
+    """Q of the reduced QR of ``matrix`` [d, n], columns signed so that diag(R) >= 0 (a unique, differentiable Q)."""
+    q, r = torch.linalg.qr(matrix)
+    signs = torch.where(torch.diagonal(r) < 0, -1.0, 1.0).to(q.dtype)
+    return q * signs
 
 
 class FactorNet(nn.Module):
@@ -28,12 +44,20 @@ class FactorNet(nn.Module):
         dim: d, the dimension of the representation at the calibration point.
         n_factors: n_f <= d, the number of factors.
         hidden: width of the MLP; the width used is max(hidden, n_factors) (D-TC-18: h = max(64, n_f)).
+        mode: ``"mlp"`` (V = V0 + MLP(S)/√d, the paper's learned map) or ``"subspace"`` (that as the start of
+            ``power_steps`` subspace iterations on M = Σ + μμᵀ, see the module docstring).
     """
 
-    def __init__(self, dim: int, n_factors: int, hidden: int = 64):
+    def __init__(self, dim: int, n_factors: int, hidden: int = 64, mode: str = "mlp", power_steps: int = 4):
         super().__init__()
         if dim < 1 or n_factors < 1 or hidden < 1:
             raise ConfigError(f"FactorNet needs dim, n_factors, hidden >= 1, got {dim}, {n_factors}, {hidden}")
+        if mode not in FACTOR_MODES:
+            raise ConfigError(f"plugin.factor_mode must be one of {FACTOR_MODES}, got {mode!r}")
+        if power_steps < 1 and mode == "subspace":
+            raise ConfigError(f"plugin.factor_power_steps must be >= 1 with factor_mode=subspace, got {power_steps}")
+        self.mode = mode
+        self.power_steps = power_steps
         if n_factors > dim:
             raise ConfigError(f"n_factors={n_factors} exceeds the representation dimension {dim}: VᵀV then has "
                               f"rank <= {dim} and the orthogonality term of Eq. 1 cannot reach 0")
@@ -64,4 +88,13 @@ class FactorNet(nn.Module):
         if stats.shape != (self.dim + 1, self.dim):
             raise ValueError(f"S must be [(d+1), d] = [{self.dim + 1}, {self.dim}], got shape {tuple(stats.shape)}")
         per_feature = stats.T.to(self.base.dtype)              # [d, d+1]: row j = (μ_j, Σ[:, j])
-        return self.base + self.output_scale * self.mlp(self.norm(per_feature))
+        start = self.base + self.output_scale * self.mlp(self.norm(per_feature))
+        if self.mode == "mlp":
+            return start
+        mean, covariance = per_feature[:, 0], per_feature[:, 1:]
+        second_moment = covariance + torch.outer(mean, mean)                   # M = Z_fᵀZ_f / R
+        second_moment = second_moment / second_moment.diagonal().sum().clamp_min(1e-12)
+        subspace = orthonormal_columns(start)
+        for _ in range(self.power_steps):                                      # Q ← orth(M Q)
+            subspace = orthonormal_columns(second_moment @ subspace)
+        return orthonormal_columns(subspace @ (subspace.T @ start))           # B projected on span(Q), orthonormal

@@ -8,7 +8,9 @@
 | gate_sparsity    | [0.05, 0.95]                  | > 0.95: ẑ → 0 (λ₁ too large); < 0.05: ℓ1 has no effect |
 | cal_norm_ratio   | [0.3, 1.05]                   | < 0.3: ẑ → 0 (λ₁ too large); > 1.05: ẑ inflates z      |
 | orth_error       | <= 0.1 from epoch index 1 on  | V departs from orthogonality (α too large; use Adam)  |
-| lv_ratio         | <= 1.5 from epoch index 1 on  | V misses the batch's principal subspace (check R7)     |
+| energy_share     | >= 0.95 × pooled_share, epoch >= 1 | span(V) keeps less of the batch's energy than the best |
+|                  |                               | batch-independent basis (the pooled subspace)          |
+| gate_std         | >= 0.01 (gated/shrink)        | every gate has the same value: f_w is a fixed scaling  |
 | v_sigma_min      | >= 0.5                        | V is nearly rank-deficient ("factor collapse") |
 | embed_std_scaled | >= 0.01                       | SSL collapse: √d · min_j std_j of the ℓ2-normalised z |
 | any              | finite                        | NaN/inf: fp32 for S and the orthogonality term         |
@@ -25,7 +27,10 @@ from tc2ssl.tc2.weight_net import WeightNet
 SPARSITY_RANGE = (0.05, 0.95)
 NORM_RATIO_RANGE = (0.3, 1.05)
 MAX_ORTH_ERROR = 0.1
-MAX_LV_RATIO = 1.5             # check R7: L_v / L_v^PCA <= 1.5 after the first epoch (<= 1.2 at the end)
+MAX_LV_RATIO = 1.5             # the original check R7: L_v / L_v^PCA <= 1.5 (logged, no longer warned about)
+MIN_ENERGY_VS_POOLED = 0.95    # check R7: span(V)'s energy share >= 0.95 × the pooled subspace's, from epoch 1 on
+SELECTIVITY_SHUFFLES = 16      # random regroupings the per-task gate variance is compared with
+MIN_GATE_STD = 0.01            # gates whose spread over rows and factors is below this are a constant
 MIN_SIGMA = 0.5
 MIN_EMBED_STD_SCALED = 0.01    # D-TC-33: per-dimension std of ℓ2-normalised embeddings < 0.01/√d = collapse
 CLOSED_GATE = 0.1              # a gate below this counts as closed (gated mode)
@@ -56,15 +61,20 @@ def health_metrics(basis: torch.Tensor, zf: torch.Tensor, weight_net: WeightNet,
         optimum = loss_v_optimum(zf, n_factors, reduction)
         energy = zf.float().square().sum() / (zf.shape[0] if reduction == "mean" else 1)
         eps = 1e-6 * energy + torch.finfo(torch.float32).tiny
-        weights = weight_net(z_rows, basis)
-        if weight_net.mode == "gated":
-            sparsity = (weight_net.gates(z_rows, basis) < CLOSED_GATE).float().mean()
+        context = None if not weight_net.task_context else z_rows.mean(0, keepdim=True).expand_as(z_rows)
+        weights = weight_net(z_rows, basis, context)
+        gate_std = None
+        if weight_net.mode != "free":
+            gates = weight_net.gates(z_rows, basis, context)
+            sparsity = (gates < CLOSED_GATE).float().mean()
+            gate_std = gates.std()
         else:
             magnitude = weights.abs()
             sparsity = (magnitude < ZERO_WEIGHT_FRACTION * magnitude.max()).float().mean()
         z_hat = weights @ basis.T
         norm_ratio = (z_hat.norm(dim=-1) / z_rows.norm(dim=-1).clamp_min(1e-12)).mean()
-        return {
+        extra = {} if gate_std is None else {"gate_std": gate_std}
+        return extra | {
             "orth_error": orthogonality_residual(basis.float()).norm(),
             "lv_ratio": (lv_value.detach() + eps) / (optimum + eps),
             "gate_sparsity": sparsity,
@@ -73,6 +83,50 @@ def health_metrics(basis: torch.Tensor, zf: torch.Tensor, weight_net: WeightNet,
             "embed_std_scaled": torch.nn.functional.normalize(zf.float(), dim=-1).std(dim=0).min()
             * zf.shape[-1] ** 0.5,
         }
+
+
+def subspace_metrics(basis: torch.Tensor, zf: torch.Tensor, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How well span(V) captures this batch, against the batch's own top-n_f subspace and the pooled one.
+
+    Args:
+        basis: V [d, n_f] (any full-rank basis; its span is what counts).
+        zf: Z_f [R, d], the batch rows.
+        pooled: an orthonormal [d, n_f] basis fitted on other batches (the best batch-independent basis).
+
+    Returns ``energy_share`` ‖Z_f Q_V‖²/‖Z_f‖² (Q_V an orthonormal basis of span(V)), ``top_share`` the same for the
+    batch's top-n_f principal subspace (the most any n_f-dimensional subspace keeps), ``pooled_share`` for
+    ``pooled``, and ``subspace_cos2`` the mean squared cosine of the principal angles between span(V) and the
+    batch's top subspace (1: the same subspace; n_f/d for a random one).
+    """
+    n_factors = basis.shape[1]
+    zf = zf.float()
+    q_v = torch.linalg.qr(basis.float()).Q
+    top = torch.linalg.svd(zf, full_matrices=False).Vh[:n_factors].T
+    energy = zf.square().sum().clamp_min(torch.finfo(torch.float32).tiny)
+    return {"energy_share": (zf @ q_v).square().sum() / energy,
+            "top_share": (zf @ top).square().sum() / energy,
+            "pooled_share": (zf @ pooled.float()).square().sum() / energy,
+            "subspace_cos2": (q_v.T @ top).square().sum() / n_factors}
+
+
+def gate_selectivity(gates: torch.Tensor, row_tasks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Var over tasks of the per-task mean gates, divided by the same for random groups of the same sizes (mean
+    over factors; the random groups: the mean of 16 shuffles of the task labels): about 1 when the gates do not depend on the task, > 1 when tasks keep different factors.
+
+    Args:
+        gates: [R, n_f]; row_tasks: the task of each row [R] (0..K-1, every task non-empty).
+    """
+    n_tasks = int(row_tasks.max()) + 1
+
+    def between_task_variance(labels: torch.Tensor) -> torch.Tensor:
+        membership = torch.nn.functional.one_hot(labels, n_tasks).to(gates.dtype)       # [R, K]
+        means = (membership.T @ gates) / membership.sum(0)[:, None]                      # [K, n_f]
+        return means.var(dim=0, unbiased=False).mean()
+
+    shuffles = [row_tasks[torch.randperm(row_tasks.shape[0], generator=generator).to(row_tasks.device)]
+                for _ in range(SELECTIVITY_SHUFFLES)]
+    reference = torch.stack([between_task_variance(labels) for labels in shuffles]).mean()
+    return between_task_variance(row_tasks) / reference.clamp_min(1e-12)
 
 
 def _finite_or_nan_sigma_min(basis: torch.Tensor) -> torch.Tensor:
@@ -110,11 +164,15 @@ def health_warnings(metrics: dict[str, float], epoch: int) -> list[str]:
     if epoch >= 1 and orth_error is not None and orth_error > MAX_ORTH_ERROR:
         found.append(f"tc2 health: ‖VᵀV − I‖_F = {orth_error:.3g} > {MAX_ORTH_ERROR} at epoch {epoch}: V departs "
                      "from orthogonality; lower plugin.alpha1/alpha3 or use plugin.stage1_optimizer=adam")
-    lv_ratio = finite.get("lv_ratio")
-    if epoch >= 1 and lv_ratio is not None and lv_ratio > MAX_LV_RATIO:
-        found.append(f"tc2 health: L_v = {lv_ratio:.3g} × its batch-PCA optimum > {MAX_LV_RATIO} at epoch {epoch} "
-                     "(check R7): V does not track the batch's principal subspace; plugin.stage1_optimizer=adam "
-                     "narrows the gap (docs/tc2.md)")
+    share, pooled = finite.get("energy_share"), finite.get("pooled_share")
+    if epoch >= 1 and share is not None and pooled is not None and share < MIN_ENERGY_VS_POOLED * pooled:
+        found.append(f"tc2 health: span(V) keeps {share:.3g} of the batch's energy, less than {MIN_ENERGY_VS_POOLED} × "
+                     f"the {pooled:.3g} of the pooled (batch-independent) subspace at epoch {epoch} (check R7): f_v "
+                     "does not follow the batch statistics; use plugin.factor_mode=subspace")
+    gate_std = finite.get("gate_std")
+    if gate_std is not None and gate_std < MIN_GATE_STD:
+        found.append(f"tc2 health: the gates of f_w are a constant (std {gate_std:.3g} < {MIN_GATE_STD}): the "
+                     "calibration is a fixed scaling of VVᵀz; use plugin.weight_mode=shrink")
     sigma_min = finite.get("v_sigma_min")
     if sigma_min is not None and sigma_min < MIN_SIGMA:
         found.append(f"tc2 health: σ_min(V) = {sigma_min:.3g} < {MIN_SIGMA}: V is nearly rank-deficient "

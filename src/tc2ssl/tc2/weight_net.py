@@ -9,6 +9,10 @@ Modes:
   follow the batch-dependent V, and for orthonormal V the per-sample optimum of Eq. 2 (soft-thresholding
   sign(c)·max(|c| − λ₁/2, 0)) is reachable with gates g = max(0, 1 − λ₁/(2|c|)) ∈ [0, 1]. With n_f = d and all
   gates open, ẑ = z exactly.
+* ``"shrink"``: W = sign(c)·max(|c| − t, 0), a soft threshold of c = zV with a per-row, per-factor threshold
+  t = t₀·exp(MLP[z, c]) (the exponent clamped to ±6), t₀ = ``threshold_scale`` (λ₁/2, set by the calibrator per
+  batch). The MLP's last layer starts at zero, so at initialisation W is exactly the per-sample LASSO optimum of
+  Eq. 2 for orthonormal V, and a gate g = W/c = max(0, 1 − t/|c|) can be exactly 0 (a sigmoid gate only tends to it).
 * ``"free"``: W = MLP(z), the literal f_w(z_j) of the paper (input z only).
 
 ``task_context=True`` appends the task mean z̄_k of each row's task to the MLP input (D-TC-03).
@@ -20,7 +24,9 @@ from torch import nn
 
 from tc2ssl.errors import ConfigError
 
-WEIGHT_MODES = ("gated", "free")
+WEIGHT_MODES = ("gated", "shrink", "free")
+#: the bound on the shrink threshold's log-multiplier exp(±6)
+MAX_LOG_THRESHOLD = 6.0
 
 
 class WeightNet(nn.Module):
@@ -30,7 +36,7 @@ class WeightNet(nn.Module):
         dim: d, the dimension of z.
         n_factors: n_f, the number of factors (columns of V).
         hidden: width of the MLP.
-        mode: ``"gated"`` (W = σ(MLP[z, zV]) ⊙ zV) or ``"free"`` (W = MLP(z)).
+        mode: ``"gated"`` (W = σ(MLP[z, zV]) ⊙ zV), ``"shrink"`` (W = soft-threshold of zV) or ``"free"`` (MLP(z)).
         gate_bias_init: initial bias of the gate logits (gated mode); +2.0 opens the gates to σ(2) ≈ 0.88.
         task_context: whether the MLP also sees the task mean of each row (``context`` in :meth:`forward`).
     """
@@ -46,10 +52,15 @@ class WeightNet(nn.Module):
         self.n_factors = n_factors
         self.mode = mode
         self.task_context = task_context
-        in_features = dim + (n_factors if mode == "gated" else 0) + (dim if task_context else 0)
+        in_features = dim + (n_factors if mode != "free" else 0) + (dim if task_context else 0)
         self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, n_factors))
         if mode == "gated":
             nn.init.constant_(self.mlp[-1].bias, gate_bias_init)
+        if mode == "shrink":                     # t = t₀ at init: W is the LASSO optimum of Eq. 2
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
+        #: t₀ of shrink mode (λ₁/2; the calibrator sets it per batch when λ₁ is relative to the coordinates)
+        self.threshold_scale: torch.Tensor | float = 0.025
 
     def _check(self, z: torch.Tensor, basis: torch.Tensor, context: torch.Tensor | None) -> None:
         if z.dim() != 2 or z.shape[1] != self.dim:
@@ -69,11 +80,19 @@ class WeightNet(nn.Module):
         return torch.cat(parts, dim=-1) if len(parts) > 1 else z
 
     def gates(self, z: torch.Tensor, basis: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """The gates σ(MLP[z, zV]) [R, n_f] of gated mode, each in (0, 1)."""
-        if self.mode != "gated":
-            raise ValueError(f"gates exist only in weight_mode='gated'; this WeightNet is {self.mode!r}")
+        """The gates W/c [R, n_f]: σ(MLP[z, zV]) in (0, 1) (gated) or max(0, 1 − t/|c|) in [0, 1] (shrink)."""
+        if self.mode == "free":
+            raise ValueError(f"gates exist only in weight_mode='gated' or 'shrink'; this WeightNet is {self.mode!r}")
         self._check(z, basis, context)
-        return torch.sigmoid(self.mlp(self._mlp_input(z, z @ basis, context)))
+        coords = z @ basis
+        if self.mode == "shrink":
+            return torch.relu(1 - self.thresholds(z, coords, context) / coords.abs().clamp_min(1e-12))
+        return torch.sigmoid(self.mlp(self._mlp_input(z, coords, context)))
+
+    def thresholds(self, z: torch.Tensor, coords: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """t = t₀·exp(MLP[z, c(, context)]) [R, n_f] of shrink mode."""
+        log_multiplier = self.mlp(self._mlp_input(z, coords, context)).clamp(-MAX_LOG_THRESHOLD, MAX_LOG_THRESHOLD)
+        return self.threshold_scale * log_multiplier.exp()
 
     def forward(self, z: torch.Tensor, basis: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """W = f_w(z) [R, n_f] for z [R, d] and the factor basis V = ``basis`` [d, n_f]."""
@@ -81,6 +100,8 @@ class WeightNet(nn.Module):
         if self.mode == "free":
             return self.mlp(self._mlp_input(z, None, context))
         coords = z @ basis                                              # c = zV [R, n_f]
+        if self.mode == "shrink":                                       # soft threshold: the LASSO form of Eq. 2
+            return coords.sign() * torch.relu(coords.abs() - self.thresholds(z, coords, context))
         return torch.sigmoid(self.mlp(self._mlp_input(z, coords, context))) * coords
 
 

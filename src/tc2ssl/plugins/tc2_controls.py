@@ -1,0 +1,103 @@
+"""Controls for attributing TC²'s gain: the same step as TC² (tasks, the whole-batch statistics forward, the
+bi-level update of Eqs. 6-7 on a transformed representation) with the calibration replaced.
+
+- ``tc2_frozen``: TC² with the calibrator frozen at its initialisation (stage 1 never updates f_v, f_w): what the
+  untrained calibration (V = V0, every gate at its initial value) gives.
+- ``tasks_nf``: "+T" on the batch's top-n_f principal subspace: ẑ = z'·P Pᵀ with P the top-n_f eigenvectors of this
+  batch's Z_fᵀZ_f (the minimiser of Eq. 1, i.e. what a perfect f_v gives with every gate open). It isolates the
+  projection onto n_f dimensions from the learned calibration.
+- ``random_proj``: ẑ = z'·P Pᵀ with P a fixed random orthonormal [d, n_f] matrix drawn once from the run's seed: a
+  projection that knows nothing about the data.
+
+z' is the calibrator's input normalisation (``plugin.input_norm``) and the result is scaled back as TC² does, so
+the three rows differ from ``tc2`` only in what replaces f_w(z')Vᵀ.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tc2ssl.data.tasks import TaskSplit
+from tc2ssl.distributed import TaskShard
+from tc2ssl.errors import ConfigError
+from tc2ssl.plugins.base import PLUGINS, StepInfo
+from tc2ssl.plugins.bilevel import StepPreparation
+from tc2ssl.plugins.tc2 import TC2
+from tc2ssl.precision import float32_region
+from tc2ssl.tc2.calibrator import Calibrator
+
+#: the stream constant that derives random_proj's fixed projection from the run's seed
+PROJECTION_STREAM = 0x9E0F
+
+
+@dataclass
+class Projection:
+    """ẑ = s·(z'P)Pᵀ for rows z [R, d]: an orthogonal projection onto span(P) in the calibrator's scale."""
+
+    calibrator: Calibrator
+    basis: torch.Tensor
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self.calibrator.scale * ((self.calibrator.prep(z) @ self.basis) @ self.basis.T)
+
+
+def top_subspace(rows: torch.Tensor, n_factors: int) -> torch.Tensor:
+    """The orthonormal top-``n_factors`` right singular vectors of ``rows`` [R, d] (eigenvectors of RᵀR): [d, n_f]."""
+    return torch.linalg.svd(rows, full_matrices=False).Vh[:n_factors].T.contiguous()
+
+
+@PLUGINS.register("tc2_frozen")
+class FrozenCalibratorTC2(TC2):
+    """TC² whose f_v and f_w stay at their initialisation (stage 1 skipped)."""
+
+    def __init__(self, cfg, method, view_maker):
+        super().__init__(cfg, method, view_maker)
+        _require_calibrator(self)
+        self.calibrator.frozen = True
+
+
+def _require_calibrator(plugin: TC2) -> None:
+    if plugin.calibrator is None:
+        raise ConfigError(f"plugin.name={plugin.cfg.name} is a control of TC²'s calibration and needs "
+                          "plugin.calibration=true (for +T without it use plugin.name=tasks)")
+
+
+class _ProjectionControl(TC2):
+    """TC²'s step with ẑ = a projection onto n_f dimensions instead of the calibration."""
+
+    def __init__(self, cfg, method, view_maker):
+        super().__init__(cfg, method, view_maker)
+        _require_calibrator(self)
+
+    def projection(self, rows: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prepare_step(self, views, split: TaskSplit, shard: TaskShard, info: StepInfo) -> StepPreparation:
+        z, shared = self.batch_representations(views, split, shard)
+        with float32_region(z.device):
+            basis = self.projection(z.reshape(-1, z.shape[-1]).detach())
+        return StepPreparation(transform=Projection(self.calibrator, basis), shared=shared)
+
+
+@PLUGINS.register("tasks_nf")
+class PrincipalSubspaceTasks(_ProjectionControl):
+    """"+T" with ẑ on the batch's top-n_f principal subspace (per batch, from Z at θ)."""
+
+    def projection(self, rows: torch.Tensor) -> torch.Tensor:
+        return top_subspace(rows, self.calibrator.n_factors)
+
+
+@PLUGINS.register("random_proj")
+class RandomProjectionTasks(_ProjectionControl):
+    """"+T" with ẑ on a fixed random n_f-dimensional subspace."""
+
+    def __init__(self, cfg, method, view_maker):
+        super().__init__(cfg, method, view_maker)
+        seed = int(getattr(cfg, "seed", 0))
+        generator = torch.Generator().manual_seed(seed ^ PROJECTION_STREAM)
+        gaussian = torch.randn(method.embed_dim, self.calibrator.n_factors, generator=generator)
+        self.register_buffer("fixed_basis", torch.linalg.qr(gaussian).Q)
+
+    def projection(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.fixed_basis.to(rows.device, rows.dtype)
