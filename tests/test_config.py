@@ -78,7 +78,7 @@ def test_cross_key_rules_accept_what_is_valid():
         load_config((), ["plugin.name=tc2", "method.name=byol", "plugin.n_support_views=1"])
 
 
-@pytest.mark.parametrize("key", ["plugin.task_context=true", "plugin.split=sample", "data.num_workers=2"])
+@pytest.mark.parametrize("key", ["plugin.split=sample", "data.num_workers=2"])
 def test_removed_keys_are_config_errors_that_say_so(key):
     with pytest.raises(ConfigError, match=f"{key.split('=')[0]} was removed"):
         load_config((), [key])
@@ -86,7 +86,7 @@ def test_removed_keys_are_config_errors_that_say_so(key):
 
 def test_a_run_config_written_with_removed_keys_still_loads():
     old = to_dict(load_config())
-    old["plugin"]["task_context"], old["plugin"]["split"], old["data"]["num_workers"] = False, "view", 0
+    old["plugin"]["split"], old["data"]["num_workers"] = "view", 0
     assert to_dict(from_dict(old)) == to_dict(load_config())
 
 

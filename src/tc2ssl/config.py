@@ -116,7 +116,7 @@ class PluginConfig:
     l1_scale: str = choice("relative", ("relative", "absolute"),
                            help="λ₁ of Eq. 2: relative = plugin.l1_relative_coef × the batch RMS of the coordinates "
                                 "zV; absolute = plugin.l1_coef")
-    l1_relative_coef: float = bounded(0.5, 0.0, help="λ₁ / RMS(zV) under plugin.l1_scale=relative")
+    l1_relative_coef: float = bounded(1.5, 0.0, help="λ₁ / RMS(zV) under plugin.l1_scale=relative")
     factor_mode: str = choice("subspace", ("subspace", "mlp"),
                               help="f_v: subspace = the learned base refined by subspace iteration on each batch's S; "
                                    "mlp = V0 + MLP(S) alone (the spec's reading)")
@@ -139,7 +139,7 @@ class PluginConfig:
     plus_t_mode: str = choice("bilevel", ("bilevel", "joint"))
     remainder: str = choice("drop", ("drop", "error"), help="batch size not divisible by n_tasks")
     factor_hidden: int = bounded(64, 1)
-    factor_init: str = choice("random", ("random", "pca"),
+    factor_init: str = choice("pca", ("pca", "random"),
                               help="f_v's base V0: random orthonormal, or pca = the top-n_f eigenvectors of the first "
                                    "batch's Z_fᵀZ_f (the Eq. 1 optimum at step 0; docs/tc2.md)")
     weight_hidden: int = bounded(64, 1)

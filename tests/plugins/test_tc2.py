@@ -149,17 +149,40 @@ def test_stage2_holds_calibrator_and_sets_encoder_grads(make_run):
 ALPHAS = {"alpha1": 0.011, "alpha2": 0.023, "alpha3": 0.037, "alpha4": 0.041}
 
 
-def reference_objective(plugin, z_all, split, phi, which: str) -> torch.Tensor:
-    """L̄^s (Eq. 4) or L̄^q (Eq. 5) at calibrator parameters ``phi``, written from SPEC §3.8.
+def reference_statistics(zf: torch.Tensor) -> torch.Tensor:
+    """S = [μ; Σ] (biased covariance), written here."""
+    mean = zf.mean(0)
+    centred = zf - mean
+    return torch.cat([mean[None], centred.T @ centred / zf.shape[0]])
 
-    All N·m views are calibrated at once (f_w is row-wise) and then gathered per task; L_w runs on the support
-    (resp. query) rows of the flattened [N·m, d] matrix.
+
+def reference_l1(plugin, zf: torch.Tensor) -> float:
+    """λ₁ of the batch: l1_relative_coef × RMS(z V) for V at the calibrator's live parameters (relative scale)."""
+    p = plugin.cfg
+    if p.l1_scale != "relative":
+        return p.l1_coef
+    with torch.no_grad():
+        basis = plugin.calibrator.factor_net(reference_statistics(zf))
+        return p.l1_relative_coef * (zf @ basis).square().mean().sqrt()
+
+
+def reference_objective(plugin, z_all, split, phi, which: str, l1) -> torch.Tensor:
+    """L̄^s (Eq. 4) or L̄^q (Eq. 5) at calibrator parameters ``phi``, written from the equations: f_v and f_w are
+    the calibrator's two networks (called with ``phi``), S, ẑ = W Vᵀ, L_v (Eq. 1, per-row mean), L_w (Eq. 2 on the
+    support / query rows, V trained through it) and L_tc² (Eq. 3) are computed here.
     """
-    method = plugin.method
+    method, calibrator, p = plugin.method, plugin.calibrator, plugin.cfg
     n_img, m, d = z_all.shape
     zf = z_all.reshape(n_img * m, d)
-    basis = plugin.calibrator.factors(batch_statistics(zf), phi)
-    z_hat = plugin.calibrator.calibrate(zf, basis, phi).view(n_img, m, d)
+    f_v = {k.removeprefix("factor_net."): v for k, v in phi.items() if k.startswith("factor_net.")}
+    f_w = {k.removeprefix("weight_net."): v for k, v in phi.items() if k.startswith("weight_net.")}
+    basis = torch.func.functional_call(calibrator.factor_net, f_v, (reference_statistics(zf),))     # V = f_v(S)
+    calibrator.weight_net.threshold_scale = l1 / 2
+
+    def weights(z):
+        return torch.func.functional_call(calibrator.weight_net, f_w, (z, basis))
+
+    z_hat = (weights(zf) @ basis.T).view(n_img, m, d)
     view_idx = split.support_idx if which == "support" else split.query_idx
     rows = (torch.arange(n_img)[:, None] * m + view_idx).reshape(-1)
     ssl = []
@@ -170,21 +193,25 @@ def reference_objective(plugin, z_all, split, phi, which: str) -> torch.Tensor:
         else:
             query = z_hat[members[:, None], split.query_idx[members]]
             ssl.append(method.query_loss(query, method.anchors(support, LossContext()), LossContext()))
-    tc2, _, _ = plugin.calibrator.loss_tc2(zf, basis, rows, phi)
-    return torch.stack(ssl).mean() + tc2
+    eye = torch.eye(basis.shape[1], dtype=basis.dtype)
+    loss_v = ((basis.T @ basis - eye) ** 2).sum() + ((zf - zf @ basis @ basis.T) ** 2).sum(-1).mean()   # Eq. (1)
+    w_rows = weights(zf[rows])
+    loss_w = (((zf[rows] - w_rows @ basis.T) ** 2).sum(-1) + l1 * w_rows.abs().sum(-1)).mean()        # Eq. (2)
+    return torch.stack(ssl).mean() + loss_v + p.lam_s * loss_w                                          # Eq. (3)
 
 
 def reference_stage1(plugin, z_all, split, mode: str, alphas: dict) -> dict[str, torch.Tensor]:
     """The two-step update of Eqs. 4-5 in ``mode`` (sequential / fomaml / maml), with plain SGD."""
     phi = {k: v.detach().clone().requires_grad_(True) for k, v in plugin.calibrator.parameter_dict().items()}
+    l1 = reference_l1(plugin, z_all.reshape(-1, z_all.shape[-1]))
     lr_s = {k: alphas["alpha1"] if k.startswith("factor_net.") else alphas["alpha2"] for k in phi}
     lr_q = {k: alphas["alpha3"] if k.startswith("factor_net.") else alphas["alpha4"] for k in phi}
-    g_s = torch.autograd.grad(reference_objective(plugin, z_all, split, phi, "support"), list(phi.values()),
+    g_s = torch.autograd.grad(reference_objective(plugin, z_all, split, phi, "support", l1), list(phi.values()),
                               create_graph=mode == "maml")
     phi_s = {k: phi[k] - lr_s[k] * g for k, g in zip(phi, g_s)}                    # Eq. 4
     if mode != "maml":
         phi_s = {k: v.detach().requires_grad_(True) for k, v in phi_s.items()}
-    loss_q = reference_objective(plugin, z_all, split, phi_s, "query")
+    loss_q = reference_objective(plugin, z_all, split, phi_s, "query", l1)
     wrt = phi if mode == "maml" else phi_s
     g_q = dict(zip(phi, torch.autograd.grad(loss_q, list(wrt.values()))))
     start = phi_s if mode == "sequential" else phi                                  # Eq. 5 starts from f' (literal)
@@ -192,7 +219,7 @@ def reference_stage1(plugin, z_all, split, mode: str, alphas: dict) -> dict[str,
 
 
 def run_stage1_float64(make_run, mode: str, alphas: dict):
-    run = make_run(f"plugin.stage1_mode={mode}", "plugin.stage1_grad_clip=0",  # the literal, unclipped update
+    run = make_run(f"plugin.stage1_mode={mode}", "plugin.stage1_grad_clip=0", "plugin.factor_init=random",
                    *(f"plugin.{k}={v}" for k, v in alphas.items()))
     run.plugin.double()
     views, split, z = stage_inputs(run, images_of(run))
@@ -707,6 +734,6 @@ def test_factor_init_pca_sets_v0_once_from_the_first_batch_and_survives_a_resume
     resumed.plugin.load_extra_state(run.plugin.extra_state())
     resumed.plugin.training_step(images_of(run), StepInfo(epoch=1, step=2, seed=3))
     assert len(seen) == 1                                                            # not again after a resume
-    default = make_run("plugin.conflict_every=0")
+    default = make_run("plugin.conflict_every=0", "plugin.factor_init=random")
     default.plugin.training_step(images_of(default), INFO)
     assert len(seen) == 1 and not default.plugin.calibrator.factor_base_initialised            # factor_init=random

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tc2ssl.tc2.health import health_metrics, health_warnings
+from tc2ssl.tc2.health import gate_selectivity, health_metrics, health_warnings, subspace_metrics
 from tc2ssl.tc2.losses import loss_v
 from tc2ssl.tc2.weight_net import WeightNet
 
@@ -32,7 +32,7 @@ def test_healthy_calibration_gives_no_warning():
     with torch.no_grad():
         net.mlp[-1].bias[0] = -5.0                                  # one of four factors switched off
     metrics = health_metrics(basis, zf, net, zf, loss_v(basis, zf), 4, "mean")
-    assert set(metrics) == KEYS and all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in metrics.values())
+    assert set(metrics) == KEYS | {"gate_std"} and all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in metrics.values())
     assert metrics["lv_ratio"].item() == pytest.approx(1.0, abs=1e-4)    # V is the L_v optimum
     assert metrics["orth_error"].item() < 1e-5 and metrics["v_sigma_min"].item() == pytest.approx(1.0, abs=1e-5)
     assert metrics["gate_sparsity"].item() == pytest.approx(0.25)
@@ -45,7 +45,8 @@ def test_collapsed_calibration_warns():  # SPEC §3.15: ẑ -> 0 when all gates 
     metrics = health_metrics(basis, zf, gated_net(8, 4, -10.0), zf, loss_v(basis, zf), 4, "mean")
     assert metrics["gate_sparsity"].item() == 1.0 and metrics["cal_norm_ratio"].item() < 1e-3
     found = health_warnings({k: v.item() for k, v in metrics.items()}, epoch=0)
-    assert len(found) == 1 and "collapses" in found[0] and "l1_coef" in found[0]
+    assert len(found) == 2 and "collapses" in found[0] and "l1_coef" in found[0]
+    assert "a constant" in found[1]                             # every gate at σ(−10): a fixed scaling
 
 
 def test_free_mode_sparsity_counts_near_zero_weights():
@@ -98,13 +99,27 @@ def test_collapsed_embeddings_warn_and_spread_ones_do_not():  # SPEC §3.15: std
     assert scaled["embed_std_scaled"].item() == pytest.approx(metrics["embed_std_scaled"].item(), rel=1e-3)  # fp32
 
 
-def test_lv_ratio_guard_applies_after_the_first_epoch():  # SPEC R7: L_v <= 1.5 x the batch-PCA optimum
+def test_energy_share_guard_compares_v_with_the_pooled_subspace_after_the_first_epoch():  # check R7, restated
     zf, top = batch()
     other = torch.linalg.eigh(zf.T @ zf).eigenvectors[:, :4]               # the trailing eigenvectors: the worst V
-    metrics = {k: v.item() for k, v in health_metrics(other, zf, gated_net(8, 4, 0.0), zf, loss_v(other, zf), 4,
-                                                       "mean").items()}
-    assert metrics["lv_ratio"] > 1.5
-    assert not any("batch-PCA optimum" in w for w in health_warnings(metrics, epoch=0))
-    assert any("batch-PCA optimum" in w for w in health_warnings(metrics, epoch=1))
-    metrics["lv_ratio"] = 1.5
-    assert not any("batch-PCA optimum" in w for w in health_warnings(metrics, epoch=4))
+    metrics = subspace_metrics(other, zf, pooled=top)
+    own = zf.square().sum()
+    torch.testing.assert_close(metrics["energy_share"], (zf @ other).square().sum() / own)     # independent sums
+    torch.testing.assert_close(metrics["top_share"], (zf @ top).square().sum() / own)
+    assert metrics["subspace_cos2"].item() < 1e-5                          # orthogonal to the top subspace
+    assert subspace_metrics(top, zf, pooled=top)["subspace_cos2"].item() == pytest.approx(1.0, abs=1e-5)
+    values = {k: v.item() for k, v in metrics.items()}
+    assert not any("pooled" in w for w in health_warnings(values, epoch=0))
+    assert any("pooled" in w for w in health_warnings(values, epoch=1))
+    values["energy_share"] = 0.96 * values["pooled_share"]
+    assert not any("pooled" in w for w in health_warnings(values, epoch=4))
+
+
+def test_gate_selectivity_is_one_for_task_blind_gates_and_large_for_task_gates():
+    generator = torch.Generator().manual_seed(0)
+    tasks = torch.arange(4).repeat_interleave(50)
+    blind = torch.rand(200, 6, generator=generator)
+    assert 0.3 < gate_selectivity(blind, tasks, generator).item() < 3.0
+    by_task = blind * 0.1 + torch.nn.functional.one_hot(tasks, 6).float()  # task k keeps factor k only
+    assert gate_selectivity(by_task, tasks, generator).item() > 50
+

@@ -1,0 +1,162 @@
+"""Acceptance of TC²'s calibrator on synthetic representations with known factors, at the production defaults.
+
+Data: d = 32, K = 4 tasks of 32 images, m = 4 views. 14 orthonormal factor directions: 2 shared by every task and 3
+of each task's own, with distinct standard deviations (2·0.85^f). An image of task k has view-consistent
+coefficients on the shared factors and on its own, and view-specific contamination (std 0.6× the factor's) on the
+other tasks' factors, plus isotropic noise. The TC² plug-in (SimCLR, every plugin.* key at its default) runs stage 1
+on a fresh batch at every one of 100 steps (the colored_mnist cpu preset trains 112), tasks = the data's tasks.
+
+What is asserted (on a fresh batch after training):
+- V's columns align with the true factors: mean over factors of the best |cos| with a column >= 0.9;
+- span(V) keeps >= 98% of what the batch's own top-n_f subspace keeps (f_v follows S);
+- the energy a task's calibrated rows keep in other tasks' factor directions is <= 0.3 of what they keep in
+  their own and the shared ones (the raw rows: 0.1-1.2, 0.6 on average, so
+  calibration must remove it) and below the raw ratio;
+- gates on other tasks' factors are >= 60% closed (< 0.1), and the mean gate on the task's own and the shared
+  factors is at least twice that on the others (NOT met, marked xfail: at most 50% closed on its own for every
+  task);
+- f_w's weights reach the LASSO optimum of Eq. 2 for the batch's V and λ₁, solved here by coordinate descent.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tc2ssl.config import load_config
+from tc2ssl.data.tasks import TaskSplit
+from tc2ssl.methods.base import build_method
+from tc2ssl.models import build_backbone
+from tc2ssl.plugins.base import build_plugin
+from tc2ssl.tc2.stats import batch_statistics
+
+pytestmark = pytest.mark.slow      # about 40 s on one core: 100 production stage-1 steps
+
+DIM, N_TASKS, N_IMAGES, N_VIEWS, SHARED, OWN = 32, 4, 128, 4, 2, 3
+N_TRUE = SHARED + N_TASKS * OWN
+CONTAMINATION, STEPS = 0.6, 100
+STD = 2.0 * 0.85 ** torch.arange(N_TRUE)                                  # distinct energies
+
+
+def own_columns(task: int) -> list[int]:
+    return list(range(SHARED + task * OWN, SHARED + (task + 1) * OWN))
+
+
+def make_batch(factors: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, TaskSplit]:
+    """z [N, m, d] and the split whose tasks are the data's tasks."""
+    n = N_IMAGES // N_TASKS
+    z = torch.zeros(N_IMAGES, N_VIEWS, DIM)
+    groups = torch.arange(N_IMAGES).view(N_TASKS, n)
+    for task in range(N_TASKS):
+        active = torch.zeros(N_TRUE, dtype=torch.bool)
+        active[:SHARED] = True
+        active[own_columns(task)] = True
+        content = torch.randn(n, 1, N_TRUE, generator=generator) * STD * active                  # view-consistent
+        noise = CONTAMINATION * torch.randn(n, N_VIEWS, N_TRUE, generator=generator) * STD * ~active
+        z[groups[task]] = (content + noise) @ factors.T + 0.02 * torch.randn(n, N_VIEWS, DIM, generator=generator)
+    order = torch.rand(N_IMAGES, N_VIEWS, generator=generator).argsort(1)
+    return z, TaskSplit(groups=groups, support_idx=order[:, :2], query_idx=order[:, 2:], n_kept=N_IMAGES)
+
+
+def lasso_coordinate_descent(z: torch.Tensor, basis: torch.Tensor, l1: float, sweeps: int = 200) -> torch.Tensor:
+    """argmin_w ‖z − w Vᵀ‖² + l1·‖w‖₁ per row, by cyclic coordinate descent (no orthonormality assumed)."""
+    z, basis = z.double(), basis.double()
+    w = torch.zeros(z.shape[0], basis.shape[1], dtype=torch.float64)
+    col_sq = basis.square().sum(0)
+    for _ in range(sweeps):
+        for r in range(basis.shape[1]):
+            residual = z - w @ basis.T + w[:, r:r + 1] * basis[:, r]
+            rho = residual @ basis[:, r]
+            w[:, r] = rho.sign() * (rho.abs() - l1 / 2).clamp(min=0) / col_sq[r]
+    return w
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    factors = torch.linalg.qr(torch.randn(DIM, DIM)).Q[:, :N_TRUE]
+    cfg = load_config((), ["plugin.name=tc2", "method.name=simclr", f"method.proj_output_dim={DIM}",
+                           f"plugin.n_tasks={N_TASKS}", "model.backbone=small_cnn_tiny"])
+    plugin = build_plugin(cfg, build_method(cfg.method, build_backbone(cfg.model, 1)), None)
+    generator = torch.Generator().manual_seed(1)
+    torch.set_num_threads(1)
+    for step in range(STEPS):
+        z, split = make_batch(factors, generator)
+        plugin.calibrator.set_scale(z)
+        plugin.stage1(plugin.calibrator.prep(z), split, None, seed=step)
+    z, split = make_batch(factors, generator)
+    calibrator = plugin.calibrator
+    calibrator.set_scale(z)
+    z = calibrator.prep(z)
+    with torch.no_grad():
+        basis = calibrator.factor_net(batch_statistics(z.reshape(-1, DIM)))
+        calibrator.set_l1(z.reshape(-1, DIM), basis)
+    return calibrator, factors, z, split, basis
+
+
+def test_columns_of_v_align_with_the_true_factors(trained):
+    _, factors, _, _, basis = trained
+    best = (factors.T @ F.normalize(basis, dim=0)).abs().max(dim=1).values                      # [N_TRUE]
+    assert best.mean() >= 0.9, best
+
+
+def test_span_of_v_follows_the_batch(trained):
+    _, _, z, _, basis = trained
+    rows = z.reshape(-1, DIM)
+    top = torch.linalg.svd(rows, full_matrices=False).Vh[:basis.shape[1]].T
+    q_v = torch.linalg.qr(basis).Q
+    assert (rows @ q_v).square().sum() >= 0.98 * (rows @ top).square().sum()
+
+
+def test_tasks_keep_their_own_factors_and_drop_the_others(trained):
+    calibrator, factors, z, split, basis = trained
+    match = (factors.T @ basis).abs().argmax(0)                          # the true factor each column of V is
+    raw_ratios = []
+    with torch.no_grad():
+        for task in range(N_TASKS):
+            rows = z[split.groups[task]].reshape(-1, DIM)
+            context = calibrator.context(rows)
+            z_hat = calibrator.calibrate(rows, basis, None, context)
+            keep = factors[:, list(range(SHARED)) + own_columns(task)]
+            others = factors[:, [f for f in range(SHARED, N_TRUE) if f not in own_columns(task)]]
+            raw_ratio = (rows @ others).square().sum() / (rows @ keep).square().sum()
+            ratio = (z_hat @ others).square().sum() / (z_hat @ keep).square().sum()
+            raw_ratios.append(float(raw_ratio))
+            assert ratio <= 0.3 and ratio < raw_ratio, (task, float(raw_ratio), float(ratio))
+            gates = calibrator.weight_net.gates(rows, basis, context)
+            own = [r for r in range(basis.shape[1]) if int(match[r]) in own_columns(task) + list(range(SHARED))]
+            other = [r for r in range(basis.shape[1]) if SHARED <= int(match[r]) < N_TRUE
+                     and int(match[r]) not in own_columns(task)]
+            closed_on_other = (gates[:, other] < 0.1).float().mean()
+            assert closed_on_other >= 0.6, (task, float(closed_on_other))
+            assert gates[:, own].mean() >= 2 * gates[:, other].mean()
+    assert sum(raw_ratios) / N_TASKS > 0.45, raw_ratios                 # uncalibrated, the tasks keep the others
+
+
+def test_weights_reach_the_lasso_optimum_of_eq2(trained):
+    calibrator, _, z, _, basis = trained
+    rows = z.reshape(-1, DIM)[:256]
+    l1 = float(calibrator.l1_value)
+    optimum = lasso_coordinate_descent(rows, basis, l1)
+
+    def objective(w):
+        return ((rows.double() - w.double() @ basis.double().T).square().sum(-1) + l1 * w.double().abs().sum(-1)).mean()
+
+    with torch.no_grad():
+        weights = calibrator.weights(rows, basis, None, calibrator.context(rows))
+    assert objective(weights) <= 1.05 * objective(optimum)
+    assert objective(torch.zeros_like(weights)) > 1.5 * objective(optimum)        # the problem is not trivial
+
+
+@pytest.mark.xfail(strict=True, reason="not met: λ₁ is one threshold for the whole batch, so the own factors of the "
+                   "task with the weakest factors fall below it (measured: 62% of task 2's own/shared gates < 0.1); "
+                   "a per-task threshold (task context) did not learn this within 100 steps")
+def test_gates_stay_open_on_each_tasks_own_factors(trained):
+    calibrator, factors, z, split, basis = trained
+    match = (factors.T @ basis).abs().argmax(0)
+    with torch.no_grad():
+        for task in range(N_TASKS):
+            rows = z[split.groups[task]].reshape(-1, DIM)
+            gates = calibrator.weight_net.gates(rows, basis, calibrator.context(rows))
+            own = [r for r in range(basis.shape[1]) if int(match[r]) in own_columns(task) + list(range(SHARED))]
+            assert (gates[:, own] < 0.1).float().mean() <= 0.5, task
