@@ -214,27 +214,33 @@ def write_tc2_metrics(folder, epochs: list[dict]) -> None:
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
 
-HEALTHY = {"lv_ratio": 1.1, "orth_error": 0.05, "gate_sparsity": 0.3, "cal_norm_ratio": 0.9, "inner_gain_rate": 0.9}
+HEALTHY = {"lv_ratio": 1.1, "orth_error": 0.05, "gate_sparsity": 0.3, "cal_norm_ratio": 0.9, "inner_gain_rate": 0.9,
+           "energy_share": 0.97, "pooled_share": 0.95, "top_share": 0.98, "subspace_cos2": 0.95, "gate_std": 0.2,
+           "gate_selectivity": 1.2}
 
 
 @pytest.mark.parametrize("change, failing", [
     ({}, None),
-    ({"lv_ratio": 1.3}, "at the end"),               # above 1.2 at the end (and ≤ 1.5 after epoch 1)
+    ({"lv_ratio": 30.0}, None),                      # L_v / L_v^PCA is reported, no longer judged
+    ({"energy_share": 0.90}, "pooled subspace"),     # 0.90 < 0.95 × 0.95
     ({"orth_error": 0.11}, "‖VᵀV − I‖_F"),
     ({"gate_sparsity": 0.0}, "gate sparsity"),       # the ℓ1 term selects no factor
+    ({"gate_std": 0.001}, "not a constant"),         # the gates are stuck at one value
     ({"cal_norm_ratio": 0.2}, "calibrated-norm"),
 ])
 def test_r7_thresholds(tmp_path, change, failing):
     folder = tmp_path / "tc2_seed0"
-    write_tc2_metrics(folder, [{**HEALTHY, "lv_ratio": 3.0}, {**HEALTHY, "lv_ratio": 1.4}, {**HEALTHY, **change}])
+    # epoch 0 is not judged for the energy share (f_v starts anywhere)
+    write_tc2_metrics(folder, [{**HEALTHY, "energy_share": 0.5}, {**HEALTHY, "energy_share": 0.93},
+                               {**HEALTHY, **change}])
     result = result_of("colored_mnist", {"none": {"average": [0.7], "worst_group": [0.1]},
                                          "tc2": {"average": [0.7], "worst_group": [0.1]}},
                        tc2={0: {"run_dirs": [str(folder)]}})
     check = check_r7(result)
     failed = [c.name for c in check.criteria if c.passed is False]
     assert failed == ([] if failing is None else [next(c.name for c in check.criteria if failing in c.name)])
-    end = change.get("lv_ratio", 1.1)
-    assert criterion(check, "1.5 from epoch 1").measured == f"{min(1.4, end):.3g}–{max(1.4, end):.3g}"
+    worst = min(0.93, change.get("energy_share", 0.97)) / 0.95
+    assert criterion(check, "pooled subspace").measured == f"min share / pooled share {worst:.3g}"
     assert check_r7(result_of("colored_mnist", {"none": {"average": [0.7], "worst_group": [0.1]},
                                                 "tc2": {"average": [0.7], "worst_group": [0.1]}})).verdict == "n/a (hard)"
 
