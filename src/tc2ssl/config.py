@@ -116,16 +116,13 @@ class PluginConfig:
     l1_scale: str = choice("relative", ("relative", "absolute"),
                            help="λ₁ of Eq. 2: relative = plugin.l1_relative_coef × the batch RMS of the coordinates "
                                 "zV; absolute = plugin.l1_coef")
-    l1_relative_coef: float = bounded(1.5, 0.0, help="λ₁ / RMS(zV) under plugin.l1_scale=relative")
+    l1_relative_coef: float = bounded(2.0, 0.0, help="λ₁ / RMS(zV) under plugin.l1_scale=relative")
     factor_mode: str = choice("subspace", ("subspace", "mlp"),
                               help="f_v: subspace = the learned base refined by subspace iteration on each batch's S; "
                                    "mlp = V0 + MLP(S) alone (the spec's reading)")
     factor_power_steps: int = bounded(4, 1, help="subspace iterations of factor_mode=subspace")
     task_context: bool = field(default=False, metadata={"help": "f_w also sees the mean representation of each row's "
                                                                  "task"})
-    task_split: str = choice("random", ("random", "kmeans"),
-                             help="tasks: uniformly random groups (the paper), or balanced k-means clusters of the "
-                                  "batch's representations (tasks that differ)")
     input_norm: str = choice("auto", ("auto", "l2", "rms", "none"),
                              help="auto: l2 for cosine methods, rms (scale-equivariant) otherwise")
     detach_v_in_lw: bool = field(default=False, metadata={"help": "V detached inside L_w (true: V is 'pre-given', "
