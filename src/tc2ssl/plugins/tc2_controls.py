@@ -2,7 +2,8 @@
 bi-level update of Eqs. 6-7 on a transformed representation) with the calibration replaced.
 
 - ``tc2_frozen``: TC² with the calibrator frozen at its initialisation (stage 1 never updates f_v, f_w): what the
-  untrained calibration (V = V0, every gate at its initial value) gives.
+  untrained calibration gives (f_v's base V0 is still set from the first batch under ``plugin.factor_init=pca``: that
+  is its initialisation; with ``factor_mode=subspace`` span(V) then still follows each batch).
 - ``tasks_nf``: "+T" on the batch's top-n_f principal subspace: ẑ = z'·P Pᵀ with P the top-n_f eigenvectors of this
   batch's Z_fᵀZ_f (the minimiser of Eq. 1, i.e. what a perfect f_v gives with every gate open). It isolates the
   projection onto n_f dimensions from the learned calibration.
