@@ -93,7 +93,7 @@ def test_proto_mse_query_loss_is_rejected(make_run):
 # ---------------------------------------------------------------------------------------------- stage 1
 def test_stage1_uses_token_rows_for_s_lv_and_lw(make_run):
     """S and L_v on all N·m·T token rows (<= 4096 here), L_w on the token rows of the support views."""
-    run = make_run()
+    run = make_run("plugin.factor_init=random")                # V0 is not reset by the first batch
     plugin = run.plugin
     views, split, z = stage_inputs(run)
     zf = z.reshape(-1, 64)
@@ -101,6 +101,7 @@ def test_stage1_uses_token_rows_for_s_lv_and_lw(make_run):
     support_rows = rows[torch.arange(BATCH)[:, None], split.support_idx].reshape(-1)
     with torch.no_grad():
         basis = plugin.calibrator.factor_net(batch_statistics(zf))
+        plugin.calibrator.set_l1(zf, basis)                      # λ₁ of this batch, as stage 1 sets it
         _, lv, lw = plugin.calibrator.loss_tc2(zf, basis, support_rows, None)
 
     _, metrics, z_stats, stats = plugin.stage1(z, split, views, seed=INFO.seed)

@@ -119,7 +119,7 @@ def test_gate_selectivity_is_one_for_task_blind_gates_and_large_for_task_gates()
     generator = torch.Generator().manual_seed(0)
     tasks = torch.arange(4).repeat_interleave(50)
     blind = torch.rand(200, 6, generator=generator)
-    assert 0.3 < gate_selectivity(blind, tasks, generator).item() < 3.0
+    assert 0.3 < gate_selectivity(blind, tasks, 4, generator).item() < 3.0
     by_task = blind * 0.1 + torch.nn.functional.one_hot(tasks, 6).float()  # task k keeps factor k only
-    assert gate_selectivity(by_task, tasks, generator).item() > 50
+    assert gate_selectivity(by_task, tasks, 4, generator).item() > 50
 

@@ -117,7 +117,8 @@ class Calibrator(nn.Module):
         #: the running mean of Z_fᵀZ_f/R over batches (its top-n_f subspace is the pooled, batch-independent basis
         #: the health metrics compare V with); None before the first batch
         self.pooled_moment: torch.Tensor | None = None
-        self.last_row_tasks: torch.Tensor | None = None
+        self.last_row_tasks: torch.Tensor | None = None   # the task of each statistic row of the last stage 1
+        self.last_n_tasks = 0
         self.stage1_optimizer = (torch.optim.Adam(self.parameter_dict().values(), lr=cfg.stage1_adam_lr)
                                  if cfg.stage1_optimizer == "adam" else None)
         self.factor_base_initialised = False   # plugin.factor_init=pca: set at the first stage 1 (checkpointed)
@@ -149,15 +150,17 @@ class Calibrator(nn.Module):
         """ẑ in the scale the SSL loss expects: s·f_w(z/s)Vᵀ for rms (scale-equivariant), f_w(z)Vᵀ otherwise."""
         return self.scale * self.calibrate(z_prepped, basis, phi, context)
 
-    def context(self, z_prepped: torch.Tensor, row_tasks: torch.Tensor | None = None) -> torch.Tensor | None:
+    def context(self, z_prepped: torch.Tensor, row_tasks: torch.Tensor | None = None,
+                n_tasks: int = 0) -> torch.Tensor | None:
         """The task context of each row [R, d] (None unless ``plugin.task_context``): the detached mean of the rows
-        of its task, the tasks given by ``row_tasks`` [R] (None: all rows are one task)."""
+        of its task, the tasks given by ``row_tasks`` [R] with values in [0, ``n_tasks``) (None: all rows are one
+        task)."""
         if not self.cfg.task_context:
             return None
         z = z_prepped.detach()
         if row_tasks is None:
             return z.mean(0, keepdim=True).expand_as(z)
-        membership = F.one_hot(row_tasks, int(row_tasks.max()) + 1).to(z.dtype)      # [R, K]
+        membership = F.one_hot(row_tasks, n_tasks).to(z.dtype)                      # [R, K]
         means = (membership.T @ z) / membership.sum(0).clamp_min(1)[:, None]          # [K, d]
         return means[row_tasks]
 
@@ -226,6 +229,7 @@ class Calibrator(nn.Module):
         with torch.no_grad():
             self.set_l1(z_stats, self.factor_net(batch.stats))
         self.last_row_tasks = batch.row_tasks if batch.stat_rows is None else None
+        self.last_n_tasks = split.n_tasks
         if self.frozen:
             metrics = {}
         else:
@@ -255,7 +259,7 @@ class Calibrator(nn.Module):
         if self.cfg.lw_rows == "all":
             lw_rows = {"support": rows.reshape(-1), "query": rows.reshape(-1)}
         return Stage1Batch(z_all=z_all, stats=stats, split=split, stat_rows=stat_rows, row_tasks=row_tasks,
-                           context=self.context(zf, row_tasks), lw_rows=lw_rows,
+                           context=self.context(zf, row_tasks, split.n_tasks), lw_rows=lw_rows,
                            views=views if self.method.generative else None, query_loss=query_loss)
 
     def _update(self, batch: Stage1Batch) -> dict[str, torch.Tensor]:
@@ -362,8 +366,8 @@ class Calibrator(nn.Module):
                 POOLED_DECAY * pooled_moment + (1 - POOLED_DECAY) * moment
             if self.last_row_tasks is not None and self.weight_net.mode != "free" and \
                     self.last_row_tasks.shape[0] == zf.shape[0]:
-                gates = self.weight_net.gates(zf, basis, self.context(zf, self.last_row_tasks))
-                health["gate_selectivity"] = gate_selectivity(gates, self.last_row_tasks,
+                gates = self.weight_net.gates(zf, basis, self.context(zf, self.last_row_tasks, self.last_n_tasks))
+                health["gate_selectivity"] = gate_selectivity(gates, self.last_row_tasks, self.last_n_tasks,
                                                               torch.Generator().manual_seed(SELECTIVITY_SEED))
         return {f"tc2/{k}": v for k, v in health.items()}
 

@@ -109,14 +109,14 @@ def subspace_metrics(basis: torch.Tensor, zf: torch.Tensor, pooled: torch.Tensor
             "subspace_cos2": (q_v.T @ top).square().sum() / n_factors}
 
 
-def gate_selectivity(gates: torch.Tensor, row_tasks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def gate_selectivity(gates: torch.Tensor, row_tasks: torch.Tensor, n_tasks: int,
+                     generator: torch.Generator) -> torch.Tensor:
     """Var over tasks of the per-task mean gates, divided by the same for random groups of the same sizes (mean
     over factors; the random groups: the mean of 16 shuffles of the task labels): about 1 when the gates do not depend on the task, > 1 when tasks keep different factors.
 
     Args:
-        gates: [R, n_f]; row_tasks: the task of each row [R] (0..K-1, every task non-empty).
+        gates: [R, n_f]; row_tasks: the task of each row [R] (0..K-1 with K = ``n_tasks``, every task non-empty).
     """
-    n_tasks = int(row_tasks.max()) + 1
 
     def between_task_variance(labels: torch.Tensor) -> torch.Tensor:
         membership = torch.nn.functional.one_hot(labels, n_tasks).to(gates.dtype)       # [R, K]
