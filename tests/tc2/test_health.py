@@ -3,7 +3,12 @@ import math
 import pytest
 import torch
 
-from tc2ssl.tc2.health import gate_selectivity, health_metrics, health_warnings, subspace_metrics
+from tc2ssl.tc2.health import (
+    gate_selectivity,
+    health_metrics,
+    health_warnings,
+    subspace_metrics,
+)
 from tc2ssl.tc2.losses import loss_v
 from tc2ssl.tc2.weight_net import WeightNet
 

@@ -23,8 +23,13 @@ from tc2ssl.data.tasks import TaskSplit
 from tc2ssl.distributed import TaskShard
 from tc2ssl.meta.functional import detached_leaves, held
 from tc2ssl.plugins.base import PLUGINS, StepInfo
-from tc2ssl.plugins.bilevel import (BilevelTaskPlugin, SharedSupport, StepPreparation, batch_coupled_layers,
-                                    identity)
+from tc2ssl.plugins.bilevel import (
+    BilevelTaskPlugin,
+    SharedSupport,
+    StepPreparation,
+    batch_coupled_layers,
+    identity,
+)
 from tc2ssl.precision import at_least_float32, float32_region
 from tc2ssl.tc2.calibrator import Calibration, Calibrator
 from tc2ssl.tc2.health import health_warnings
