@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tc2ssl.errors import ConfigError
+from tc2ssl.yaml_io import read_yaml_mapping
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -159,6 +160,8 @@ class TrainConfig:
                             help="64-true: float64 everywhere (slow; for exactness checks, e.g. the DDP test)")
     channels_last: bool = False
     resume: bool = False
+    overwrite: bool = field(default=False, metadata={
+        "help": "start afresh in an out= folder that holds other files: move them into out/.replaced-<time>/"})
     max_steps: int = bounded(0, 0, help="stop after this many steps in total (0 = no limit; for tests)")
     log_every: int = bounded(10, 1)
     progress: bool = True
@@ -220,7 +223,7 @@ def load_config(presets: list[str] | tuple[str, ...] = (), overrides: list[str] 
     cfg = OmegaConf.structured(RunConfig)
     try:
         for name in presets:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(preset_path(name)))
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(read_yaml_mapping(preset_path(name), "preset")))
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"bad override {item!r}: expected key=value, e.g. train.epochs=5")
@@ -243,6 +246,8 @@ def load_config(presets: list[str] | tuple[str, ...] = (), overrides: list[str] 
 
 def from_dict(data: dict) -> RunConfig:
     """Rebuild a config from a dict (e.g. a run's config.yaml), validated."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of keys, got a {type(data).__name__}")
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(data))
     except OmegaConfBaseException as exc:
@@ -373,3 +378,6 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"eval.data={cfg.eval.data!r} is unknown; valid names: {', '.join(registries['data'].names())}")
     if not cfg.eval.probe_cs or any(c <= 0 for c in cfg.eval.probe_cs):
         raise ConfigError("eval.probe_cs must be a non-empty list of positive numbers")
+    from tc2ssl.config_checks import check_limits
+
+    check_limits(cfg)   # finite numbers in sane ranges, the shapes a step needs, ~ expanded
