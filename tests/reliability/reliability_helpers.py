@@ -22,14 +22,16 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def assert_one_line_error(rc: int, err: str, *fragments: str) -> str:
-    """Exit status 2 and exactly one line ``tc2ssl: error: ...`` holding every fragment; returns the line."""
+    """Exit status 2, no traceback, and exactly one error line ``tc2ssl: error: ...`` (the last line; progress
+    lines such as "resuming ..." may precede it) holding every fragment; returns the line."""
     assert rc == 2, err
     assert "Traceback" not in err, err
     lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("tc2ssl: error: "), err
+    errors = [line for line in lines if line.startswith("tc2ssl: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
     for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+        assert fragment in errors[0], errors[0]
+    return errors[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
