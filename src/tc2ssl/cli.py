@@ -48,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("overrides", nargs="*")
     p = sub.add_parser("benchmark", help="a transfer / OOD suite: every plug-in over seeds, paired differences")
-    p.add_argument("suite", help="pacs, colored_mnist, digits_transfer or cifar10_subset (give --preset, --plugins "
-                   "and --seeds before SUITE or after the key=value overrides)")
+    p.add_argument("suite", help="pacs, colored_mnist, digits_transfer or cifar10_subset (options and key=value "
+                   "overrides may come in any order)")
     p.add_argument("--preset", default="cpu", help="scale: smoke, cpu (default) or paper")
     p.add_argument("--plugins", default="random_init,none,tasks,tc2",
                    help="comma-separated rows: plug-in names, and random_init (the untrained backbone, evaluated "

@@ -43,7 +43,7 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path} ({exc.strerror or exc})") from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path} is not valid YAML: {_first_line(exc)}") from None
     if data is None:

@@ -13,12 +13,15 @@ from tc2ssl.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 RESUMABLE = [*TINY, "train.epochs=2", "train.max_steps=2"]     # stops after epoch 0: a checkpoint to resume
 
 
-@pytest.fixture
-def stopped_run(cli, tmp_path):
-    out = tmp_path / "run"
-    rc, _, err = cli("pretrain", *RESUMABLE, f"out={out}")
+def pretrained_run(cli, out, *overrides: str):
+    rc, _, err = cli("pretrain", *overrides, f"out={out}")
     assert rc == 0, err
     return out
+
+
+@pytest.fixture
+def stopped_run(cli, tmp_path):
+    return pretrained_run(cli, tmp_path / "run", *RESUMABLE)
 
 
 def resume(cli, out):
@@ -93,10 +96,7 @@ def test_a_last_metrics_line_cut_by_a_kill_is_dropped_on_resume(cli, stopped_run
 
 @pytest.fixture
 def finished_run(cli, tmp_path):
-    out = tmp_path / "run"
-    rc, _, err = cli("pretrain", *TINY, f"out={out}")
-    assert rc == 0, err
-    return out
+    return pretrained_run(cli, tmp_path / "run", *TINY)
 
 
 def rewrite_encoder(out, tensors=None, metadata=None) -> None:

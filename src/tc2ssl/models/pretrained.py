@@ -10,13 +10,13 @@ hash); without internet the error says which file to put where.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 
 from tc2ssl.errors import ConfigError
+from tc2ssl.train.run_folder import file_sha256
 
 #: torchvision's ``HASH_REGEX``: the hash prefix between the last '-' and the extension of a weights file name
 _HASH_PREFIX_SEPARATOR = "-"
@@ -29,14 +29,6 @@ def hash_prefix(file_name: str) -> str:
     if len(prefix) < 8 or any(c not in "0123456789abcdef" for c in prefix):
         raise ConfigError(f"the weights file name {file_name!r} carries no sha256 prefix to check it against")
     return prefix
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_cache_dir() -> Path:
@@ -60,7 +52,7 @@ def cached_weights_file(url: str) -> Path:
             raise ConfigError(f"could not download the pretrained weights {url} ({type(exc).__name__}: {reason}); "
                               f"offline, download that file elsewhere and copy it to {path}, or use "
                               "model.pretrained=false") from None
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     if not actual.startswith(expected):
         raise ConfigError(f"{path} is not the published file (its sha256 starts {actual[:len(expected)]}, the name "
                           f"promises {expected}); delete it (it is re-downloaded) or replace it with the file from "

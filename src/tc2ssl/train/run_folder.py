@@ -24,8 +24,8 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from tc2ssl.errors import RunFolderError
 
