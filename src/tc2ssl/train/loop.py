@@ -2,8 +2,10 @@
 
 Per step: views and the TC² task split come from seeds derived from (run seed, epoch, step), and the image order of
 an epoch from (run seed, epoch), so a run resumed from its last epoch checkpoint replays exactly what an
-uninterrupted run does. A checkpoint is written atomically at the end of every epoch; a non-finite loss stops the run
-with a clear message and leaves the last good checkpoint in place.
+uninterrupted run does. A checkpoint is written atomically at the end of every epoch; a non-finite loss, or an epoch
+mean loss more than 10 x max(|best|, 1) above the best epoch mean so far (:func:`check_epoch_loss`), stops the run with
+a clear message and leaves the last good checkpoint in place. The run folder is claimed first
+(``tc2ssl.train.run_folder``: a lock, and no mixing with another run's files).
 
 ``train.precision=16-mixed`` (CUDA) scales the loss with a ``torch.amp.GradScaler`` (``Plugin.backward``) and
 unscales the gradients before clipping and the optimiser step (:func:`apply_gradients`); on a CPU Fabric runs it as
@@ -37,15 +39,15 @@ from tc2ssl.methods import build_method
 from tc2ssl.models import build_backbone
 from tc2ssl.plugins import build_plugin
 from tc2ssl.plugins.base import StepInfo
-from tc2ssl.yaml_io import read_yaml_mapping
 from tc2ssl.train.checkpoint import (CHECKPOINT_NAME, atomic_write_text, export_encoder, load_checkpoint,
                                      require_run_state, save_checkpoint)
 from tc2ssl.train.run_folder import DISK_ERRNOS, claimed_run_folder, disk_error, remove_stale_evaluations
 from tc2ssl.train.schedule import build_optimizer, build_scheduler
+from tc2ssl.yaml_io import read_yaml_mapping
 
 # keys that may differ between the run that wrote a checkpoint and the run that resumes it
-RESUME_FREE_KEYS = {"train.resume", "train.overwrite", "train.progress", "train.max_steps", "train.log_every", "train.threads", "eval",
-                    "out",
+RESUME_FREE_KEYS = {"train.resume", "train.overwrite", "train.progress", "train.max_steps", "train.log_every",
+                    "train.threads", "eval", "out",
                     # the global batch makes a run independent of the number of processes (tc2ssl.distributed)
                     "train.devices", "train.strategy"}
 
