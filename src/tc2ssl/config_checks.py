@@ -36,7 +36,7 @@ SANE_RANGES: dict[str, tuple[float, float]] = {
     "eval.batch_size": (1, 1_000_000),
 }
 
-#: plug-ins whose batch is partitioned into ``plugin.n_tasks`` tasks
+#: plug-ins whose batch is partitioned into ``plugin.n_tasks`` tasks, for plug-in classes without ``uses_tasks``
 TASK_PLUGINS = ("tc2", "tasks")
 
 
@@ -74,8 +74,11 @@ def check_numbers(cfg) -> None:
 
 def check_cross_fields(cfg) -> None:
     """The constraints between fields that a training step or the evaluation relies on."""
+    from tc2ssl.plugins import PLUGINS
+
     batch, plugin = cfg.train.batch_size, cfg.plugin
-    if plugin.name in TASK_PLUGINS and batch // plugin.n_tasks < 2:
+    plugin_class = PLUGINS.get(plugin.name)
+    if getattr(plugin_class, "uses_tasks", plugin.name in TASK_PLUGINS) and batch // plugin.n_tasks < 2:
         raise ConfigError(f"train.batch_size={batch} with plugin.n_tasks={plugin.n_tasks} leaves "
                           f"{batch // plugin.n_tasks} image(s) per task; every task needs at least 2: use "
                           f"train.batch_size >= {2 * plugin.n_tasks} or fewer tasks")
