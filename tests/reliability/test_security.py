@@ -90,6 +90,18 @@ def test_offline_without_cached_weights_is_one_line(cli, tmp_path, torch_home, m
                           str(torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"))
 
 
+def test_timm_offline_without_cached_weights_is_one_line(cli, tmp_path, monkeypatch):
+    timm = pytest.importorskip("timm")
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    rc, _, err = cli("pretrain", *TINY, "model.backbone=timm:resnet18", "model.pretrained=true",
+                     f"out={tmp_path / 'run'}")
+    assert_one_line_error(rc, err, "could not load timm's pretrained weights for 'resnet18'", "model.pretrained=false")
+
+
 def test_evaluating_a_received_pretrained_run_does_not_touch_the_cache(cli, tmp_path, torch_home, marker):
     """A received run folder whose config says model.pretrained=true: its encoder comes from encoder.safetensors
     (the hub cache is not read); the random-init baseline needs the ImageNet weights and refuses the crafted ones."""
