@@ -118,11 +118,7 @@ def _dispatch(args) -> int:
     if args.command == "compare":
         from tc2ssl.workflows import run_compare
 
-        cfg = config_mod.load_config(args.preset, args.overrides)
-        plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
-        for name in plugins:
-            config_mod.load_config(args.preset, [*args.overrides, f"plugin.name={name}"])  # validate before work
-        _check_one_run_per_launch(cfg, "compare")
+        cfg, plugins = _config_per_plugin(args, "compare")
         rows = run_compare(cfg, plugins)
         print(json.dumps({k: {"linear_probe": v["linear_probe"]["accuracy"], "knn": v["knn"]["accuracy"]}
                           for k, v in rows.items()}, indent=2))
@@ -130,11 +126,7 @@ def _dispatch(args) -> int:
     if args.command == "figure1":
         from tc2ssl.diagnostics.figure1 import run_figure1
 
-        cfg = config_mod.load_config(args.preset, args.overrides)
-        plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
-        for name in plugins:
-            config_mod.load_config(args.preset, [*args.overrides, f"plugin.name={name}"])  # validate before work
-        _check_one_run_per_launch(cfg, "figure1")
+        cfg, plugins = _config_per_plugin(args, "figure1")
         try:
             seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
         except ValueError:
@@ -163,6 +155,19 @@ def _dispatch(args) -> int:
         print(json.dumps(_summary(run_evaluate(args.run_dir, args.overrides)), indent=2))
         return 0
     raise AssertionError(args.command)
+
+
+def _config_per_plugin(args, command: str):
+    """The config of a command that runs once per ``--plugins`` entry, and the plug-in names; every plug-in's
+    config is validated before any work starts."""
+    from tc2ssl import config as config_mod
+
+    cfg = config_mod.load_config(args.preset, args.overrides)
+    plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
+    for name in plugins:
+        config_mod.load_config(args.preset, [*args.overrides, f"plugin.name={name}"])
+    _check_one_run_per_launch(cfg, command)
+    return cfg, plugins
 
 
 def _check_one_run_per_launch(cfg, command: str) -> None:
