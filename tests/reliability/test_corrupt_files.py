@@ -142,3 +142,15 @@ def test_nan_encoder_weights_are_one_line(cli, finished_run):
 def test_a_run_folder_without_encoder_or_config_is_one_line(cli, tmp_path):
     rc, _, err = cli("evaluate", str(tmp_path))
     assert_one_line_error(rc, err, "not a tc2ssl run folder")
+
+
+@pytest.mark.parametrize("edit, fragment", [(_wrong_shape, "do not fit this method"),
+                                            (_nan_weight, "non-finite weights"),
+                                            (_drop_optimizer, "missing optimizer")])
+def test_posthoc_from_a_foreign_checkpoint_is_one_line(edit, fragment, cli, finished_run):
+    edit_checkpoint(finished_run, edit)
+    before = snapshot(finished_run)
+    rc, _, err = cli("posthoc", str(finished_run), "plugin.name=none", "model.backbone=small_cnn",
+                     "model.widths=[16,32,64,64]")
+    assert_one_line_error(rc, err, fragment)
+    assert snapshot(finished_run) == before
