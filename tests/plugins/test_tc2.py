@@ -1,4 +1,4 @@
-"""Tests of the TC² / "+T" plug-in (src/tc2ssl/plugins/tc2.py): SPEC §3.8–§3.10, §10 T9, T10, T17, T18, R14.
+"""Tests of the TC² / "+T" plug-in (src/tc2ssl/plugins/tc2.py): D-TC-09–§3.10, §10 T9, T10, T17, T18, R14.
 
 Every test builds a tiny run (small_cnn_tiny, d = 16, 128 digits, batch 32, K = 2) through ``build_run`` and drives
 the plug-in's ``stage1`` / ``stage2`` / ``training_step`` directly. References are recomputed here with the
@@ -363,7 +363,7 @@ def test_training_step_leaves_encoder_parameters_bit_identical_in_every_mode(mak
 
 
 def test_finite_difference_probes_leave_batchnorm_running_statistics_alone(make_run):
-    """AMB-TC-22: the running statistics are updated by the training forwards only. The ±εv probes of the
+    """D-TC-22: the running statistics are updated by the training forwards only. The ±εv probes of the
     finite-difference hypergradient are numerical devices: after stage 2 the BN buffers must equal those of a
     first-order stage 2 on the same views (the probes' extra forwards would otherwise move them 2K times more)."""
     buffers = {}
@@ -380,7 +380,7 @@ def test_finite_difference_probes_leave_batchnorm_running_statistics_alone(make_
 
 
 def reference_bilevel_objective(run, views, split, basis, beta1: float):
-    """θ ↦ (1/K)Σ_k L_sse^q(θ − β1∇L_ssl^s(θ)), written out from SPEC §3.7/§3.9 for SimCLR: the inner loss is
+    """θ ↦ (1/K)Σ_k L_sse^q(θ − β1∇L_ssl^s(θ)), written out from D-TC-12/§3.9 for SimCLR: the inner loss is
     the multi-view NT-Xent of the calibrated support views, the outer loss the Brier score of the calibrated query
     views against c_k = n(mean_u ẑ_{i,u}) of the support views at θ^k. The anchors are a stop-gradient, so they are
     frozen at the θ^k of the base point θ0 (``freeze_anchors``): the derivative of the objective with those
@@ -483,7 +483,7 @@ def test_training_step_metrics_are_present_and_finite(make_run):
 
 
 def test_conflict_metrics_are_cosines_of_the_task_support_gradients(make_run):
-    """SPEC §7.1: L_k = the calibrated support loss of task k at θ; cosines over all encoder parameters (K = 3)."""
+    """D-DG-01: L_k = the calibrated support loss of task k at θ; cosines over all encoder parameters (K = 3)."""
     run = make_run("plugin.n_tasks=3")
     images = images_of(run, 30)
     views, split, z = stage_inputs(run, images)
@@ -665,7 +665,7 @@ def test_literal_mode_runs_with_default_stage1(make_run):
 
 
 def test_literal_mode_with_adam_runs_and_the_collapse_guard_fires(make_run):
-    """R14 with stage1_optimizer=adam: finite losses; ẑ shrinks (cal_norm_ratio < 0.3) as AMB-TC-04 predicts."""
+    """R14 with stage1_optimizer=adam: finite losses; ẑ shrinks (cal_norm_ratio < 0.3) as D-TC-04 predicts."""
     run = make_run(*LITERAL, "plugin.stage1_optimizer=adam")
     history = train_steps(run, 3)
     for metrics in history:

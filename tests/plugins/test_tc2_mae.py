@@ -1,4 +1,4 @@
-"""TC² with a generative method (src/tc2ssl/plugins/tc2.py with MAE): SPEC §3.2 G-SSL tasks, §3.5.3 token-level
+"""TC² with a generative method (src/tc2ssl/plugins/tc2.py with MAE): D-TC-28 tasks, §3.5.3 token-level
 calibration point, §3.7 MAE query loss.
 
 Tiny runs: the ``mae`` preset (vit_tiny, m = 2, m' = 1) on 128 digits, batch 32, K = 2.
@@ -192,7 +192,7 @@ def test_one_tc2_step_sets_encoder_grads_and_holds_the_calibrator_in_stage2(make
 
 def test_stage2_with_zero_beta1_is_the_gradient_of_the_query_reconstruction_loss(make_run):
     """β1 = 0: the meta-gradient is ∇_θ (1/K)Σ_k mean ‖x̂_p − x_p‖² over the masked patches of the calibrated
-    query views, x the task's unmasked images (SPEC §3.7)."""
+    query views, x the task's unmasked images (D-TC-12)."""
     run = make_run("plugin.beta1=0.0")
     plugin, method = run.plugin, run.method
     views, split, z = stage_inputs(run)

@@ -2,7 +2,7 @@
 
 - the shared support forward (``plugin.share_support_forward``): S's support rows and the inner loss of Eq. 6 from
   one forward; exact where no BatchNorm uses batch statistics, which ``auto`` detects;
-- the step against a literal reference of SPEC §3.9–§3.10 (separate forwards for S, the inner loss, the anchors,
+- the step against a literal reference of D-TC-22–§3.10 (separate forwards for S, the inner loss, the anchors,
   the outer loss and the R8 check), in float64, for every stage-2 mode;
 - no host synchronisation (``.item()``, ``bool()``, ``int()``, ``float()``, ``.tolist()``) from tc2ssl code in a step;
 - float32 statistics under a bf16 autocast, the channels-last helpers, the task split moved once per step.
@@ -154,7 +154,7 @@ def test_shared_support_forward_with_batch_norm_is_a_different_statistic(make_ru
 
 # ---------------------------------------------------------------------------------------------- literal reference
 def reference_step(run, images, info):
-    """SPEC §3.10 written out with separate forwards (the implementation before issue 6): one no-grad forward of
+    """D-TC-31 written out with separate forwards (the implementation before issue 6): one no-grad forward of
     all N·m views for S, stage 1, then per task the engine's closures for Eq. 6 and Eq. 7 and a separate forward
     at θ^k for the R8 check. Returns (encoder meta-gradient, R8 hits, stage-2 query loss)."""
     plugin, method, p = run.plugin, run.method, run.plugin.cfg
@@ -204,7 +204,7 @@ def reference_step(run, images, info):
 @pytest.mark.parametrize("mode", ["first_order", "finite_difference", "exact"])
 def test_step_equals_the_literal_reference_in_float64(make_run, mode):
     """The optimised step (calibration batched over tasks, anchors' forward reused by R8, split moved once, no
-    syncs) computes what SPEC §3.10 says: same meta-gradient, R8 count and query loss as separate forwards."""
+    syncs) computes what D-TC-31 says: same meta-gradient, R8 count and query loss as separate forwards."""
     info = StepInfo(epoch=0, step=0, seed=11)
     run = make_run(f"plugin.stage2_mode={mode}", "plugin.conflict_every=0", float64=True)
     reference = make_run(f"plugin.stage2_mode={mode}", "plugin.conflict_every=0", float64=True)

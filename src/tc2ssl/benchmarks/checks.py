@@ -1,5 +1,8 @@
 """The measurable reproduction checks (R1–R8, listed in docs/decisions.md), computed from a finished benchmark.
 
+Why one file of ~470 lines: it is a register, one function per check over the same ``results.json`` helpers, so
+that every check's criteria and tolerances can be read (and audited) side by side.
+
 Each suite answers some of the checks: ``digits_transfer`` R1 (gradient conflict exists and fluctuates), R2
 (instability of +T), R3 (conflict correlates with transfer) and R5b (transfer to a new dataset); ``colored_mnist``
 R4 (out-of-distribution non-inferiority); ``pacs`` R5 (unseen-domain transfer); ``cifar10_subset`` R6 (shape of the

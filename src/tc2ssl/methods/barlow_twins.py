@@ -15,28 +15,17 @@ import torch
 from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 
-from tc2ssl.methods.base import METHODS, LossContext, SSLMethod, check_anchors, check_views, mean_over_view_pairs
+from tc2ssl.methods.base import METHODS, LossContext, WhiteningMethod, check_anchors
 
 
 @METHODS.register("barlow_twins")
-class BarlowTwins(SSLMethod):
+class BarlowTwins(WhiteningMethod):
     name = "barlow_twins"
-    cosine_based = False
-    needs_more_images_than_dims = True
-    min_support_views = 2
 
     def __init__(self, backbone, cfg):
         super().__init__(backbone, cfg)
         self.projector = BarlowTwinsProjectionHead(backbone.feat_dim, cfg.proj_hidden_dim, cfg.proj_output_dim)
         self.criterion = BarlowTwinsLoss(lambda_param=cfg.lambda_bt or 1.0 / cfg.proj_output_dim)
-
-    def support_loss(self, z: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        return mean_over_view_pairs(self.criterion, z)
-
-    def anchors(self, z_support: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        """c_i = mean_u ẑ_{i,u} under stop-gradient (no ℓ2 normalisation: the loss batch-normalises)."""
-        check_views(z_support, 1, "z_support")
-        return z_support.detach().mean(dim=1)
 
     def query_loss(self, z_query: torch.Tensor, anchors: torch.Tensor, ctx: LossContext) -> torch.Tensor:
         check_anchors(anchors, z_query)

@@ -140,6 +140,24 @@ class SSLMethod(nn.Module):
         """Called once after every outer optimiser step; ``progress`` in [0, 1] is the fraction of training done."""
 
 
+class WhiteningMethod(SSLMethod):
+    """Base of the methods whose loss whitens the embedding over the batch (Barlow Twins, VICReg): the loss depends
+    on the scale of z, a task needs more images than dimensions, the support loss is the mean over view pairs of
+    ``self.criterion`` and the anchors are the plain (unnormalised) means of the support embeddings."""
+
+    cosine_based = False
+    needs_more_images_than_dims = True
+    min_support_views = 2
+
+    def support_loss(self, z: torch.Tensor, ctx: LossContext) -> torch.Tensor:
+        return mean_over_view_pairs(self.criterion, z)
+
+    def anchors(self, z_support: torch.Tensor, ctx: LossContext) -> torch.Tensor:
+        """c_i = mean_u ẑ_{i,u} under stop-gradient (no ℓ2 normalisation: the loss depends on the scale)."""
+        check_views(z_support, 1, "z_support")
+        return z_support.detach().mean(dim=1)
+
+
 def check_views(z: torch.Tensor, min_views: int = 2, name: str = "z") -> None:
     if z.dim() != 3:
         raise ValueError(f"{name} must be [n_images, n_views, dim], got shape {tuple(z.shape)}")

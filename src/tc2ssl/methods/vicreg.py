@@ -21,28 +21,17 @@ from lightly.loss import VICRegLoss
 from lightly.loss.vicreg_loss import covariance_loss, variance_loss
 from lightly.models.modules import BarlowTwinsProjectionHead
 
-from tc2ssl.methods.base import METHODS, LossContext, SSLMethod, check_anchors, check_views, mean_over_view_pairs
+from tc2ssl.methods.base import METHODS, LossContext, WhiteningMethod, check_anchors
 
 
 @METHODS.register("vicreg")
-class VICReg(SSLMethod):
+class VICReg(WhiteningMethod):
     name = "vicreg"
-    cosine_based = False
-    needs_more_images_than_dims = True
-    min_support_views = 2
 
     def __init__(self, backbone, cfg):
         super().__init__(backbone, cfg)
         self.projector = BarlowTwinsProjectionHead(backbone.feat_dim, cfg.proj_hidden_dim, cfg.proj_output_dim)
         self.criterion = VICRegLoss(lambda_param=cfg.sim_coeff, mu_param=cfg.std_coeff, nu_param=cfg.cov_coeff)
-
-    def support_loss(self, z: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        return mean_over_view_pairs(self.criterion, z)
-
-    def anchors(self, z_support: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        """c_i = mean_u ẑ_{i,u} under stop-gradient (no ℓ2 normalisation: VICReg depends on the scale)."""
-        check_views(z_support, 1, "z_support")
-        return z_support.detach().mean(dim=1)
 
     def query_loss(self, z_query: torch.Tensor, anchors: torch.Tensor, ctx: LossContext) -> torch.Tensor:
         check_anchors(anchors, z_query)
