@@ -31,6 +31,7 @@ from tc2ssl.data import load_data
 from tc2ssl.data.augment import ViewMaker, auto_preset, seeded, step_seed
 from tc2ssl.data.base import DataSplits
 from tc2ssl import errors as errors_mod
+from tc2ssl.diagnostics.layers import LayerDiagnostics
 from tc2ssl.distributed import SINGLE_PROCESS, DistributedContext, launch_strategy
 from tc2ssl.errors import CheckpointError, ConfigError, TC2SSLError, TrainingError
 from tc2ssl.methods import build_method
@@ -42,7 +43,7 @@ from tc2ssl.train.checkpoint import (CHECKPOINT_NAME, atomic_write_text, export_
 from tc2ssl.train.schedule import build_optimizer, build_scheduler
 
 # keys that may differ between the run that wrote a checkpoint and the run that resumes it
-RESUME_FREE_KEYS = {"train.resume", "train.progress", "train.max_steps", "train.log_every", "train.threads", "eval",
+RESUME_FREE_KEYS = {"train.resume", "train.progress", "train.max_steps", "train.log_every", "train.threads", "eval", "diag",
                     "out",
                     # the global batch makes a run independent of the number of processes (tc2ssl.distributed)
                     "train.devices", "train.strategy"}
@@ -372,6 +373,13 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
     dist.barrier()
     plugin_state = [*plugin.parameters(), *plugin.buffers()]  # TC²'s f_v, f_w: stage 1 runs in every process
 
+    layer_diag = None   # diag.layers_every: per-layer kNN accuracy and ΔR (tc2ssl.diagnostics.layers)
+    if rank_zero and cfg.diag.layers_every:
+        layer_diag = LayerDiagnostics(cfg, run.data, run.view_maker, out, device)
+        layer_diag.start(start_epoch)
+        if start_epoch == 0 and layer_diag.due(0):
+            layer_diag.measure(method.backbone, 0)
+
     total_steps = cfg.train.epochs * steps_per_epoch
     stop_at = cfg.train.max_steps or None
     watch = NonFiniteWatch(device)
@@ -433,6 +441,8 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
                         "seconds": time.perf_counter() - t_epoch, **plugin.epoch_summary(epoch)}
         if rank_zero:
             metrics_log.write(epoch_record)
+            if layer_diag is not None and layer_diag.due(epoch + 1):
+                layer_diag.measure(method.backbone, epoch + 1)
             save_checkpoint(ckpt_path, {
                 "config": config_mod.to_dict(cfg), "epoch": epoch, "global_step": global_step,
                 "method": method.state_dict(), "plugin": plugin.state_dict(), "plugin_extra": plugin.extra_state(),
