@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from tc2ssl.config_fields import bounded, choice
 from tc2ssl.errors import ConfigError
+from tc2ssl.umm.config import UMMConfig
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -136,6 +137,7 @@ class PluginConfig:
         "auto", ("auto", "always", "never"),
         help="take the support rows of S from the stage-2 support forward instead of a separate one (saves N·m' "
              "view forwards); auto = only where it is exact, i.e. no BatchNorm uses batch statistics")
+    umm: UMMConfig = field(default_factory=UMMConfig)
 
 
 @dataclass

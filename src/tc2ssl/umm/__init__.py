@@ -1,9 +1,8 @@
 """UMM, the Undoing Memorization Mechanism (Qiang, Song et al., "On the Generalization and Causal Explanation in
 Self-Supervised Learning"): fine-tune the late layers of a pretrained SSL encoder, early layers frozen, by a
-bi-level objective that maximises the coding rate reduction of the last-layer output. See docs/umm.md."""
-from tc2ssl.umm.alignment import alignment_objective, kmeans, ridge_alignment
-from tc2ssl.umm.objectives import (gradient_norm_distribution, inner_objective, js_divergence, js_to_uniform,
-                                   outer_objective)
+bi-level objective that maximises the coding rate reduction of the last-layer output. See docs/umm.md.
 
-__all__ = ["alignment_objective", "gradient_norm_distribution", "inner_objective", "js_divergence", "js_to_uniform",
-           "kmeans", "outer_objective", "ridge_alignment"]
+Modules: ``objectives`` (the inner JS and outer ΔR objectives), ``bilevel`` (one DARTS bi-level step through the
+functional engine), ``alignment`` (the k-means + ridge reading), ``config`` (``plugin.umm.*``; import-light, it is
+imported by ``tc2ssl.config``). The plug-in is ``tc2ssl.plugins.umm``.
+"""

@@ -54,12 +54,16 @@ class UMMObjectives:
     early_features: torch.Tensor         # [N·n_views, ...] from the frozen early layers, image-major rows
     n_views: int
     settings: BilevelSettings
+    #: z [B, ...] -> the rows [B, d] whose ΔR the outer objective maximises (None: z itself, e.g. MAE: token mean)
+    rate_rows: Callable[[torch.Tensor], torch.Tensor] | None = None
     last: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def _ssl(self, params: Params, buffers: Params | None, early: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.late_embed(params, buffers, early)
         n_images = z.shape[0] // self.n_views
-        return self.ssl_loss(z.view(n_images, self.n_views, -1), params), z
+        # the loss sees the buffers too: heads applied inside it (predictors) then run on the same scratch copies
+        tensors = params if buffers is None else {**params, **buffers}
+        return self.ssl_loss(z.view(n_images, self.n_views, *z.shape[1:]), tensors), z
 
     def inner(self, params: Params, buffers: Params | None = None) -> torch.Tensor:
         """L_in(θ) = L_ssl + β·JS(p ‖ u), p from the per-row gradients at the early features."""
@@ -73,7 +77,8 @@ class UMMObjectives:
         """L_out(θ) = L_ssl − λ·ΔR(z | instances)."""
         ssl, z = self._ssl(params, buffers, self.early_features.detach())
         s = self.settings
-        loss, reduction = outer_objective(ssl, z, self.n_views, s.lam, s.eps2, s.gamma)
+        rows = z if self.rate_rows is None else self.rate_rows(z)
+        loss, reduction = outer_objective(ssl, rows, self.n_views, s.lam, s.eps2, s.gamma)
         self.last.update({"outer_ssl": ssl.detach(), "dR_instance": reduction.detach()})
         return loss
 
