@@ -92,7 +92,7 @@ def main() -> None:
     result = {"method": args.method, "backbone": args.backbone, "early": args.early, "batch": args.batch,
               "rounds": args.rounds, "median_step_s": medians,
               "ratio_to_plain_late": {name: medians[name] / medians["plain_late"] for name in medians}}
-    lines = [f"| variant | median CPU s / step | × plain late-layer SSL step |", "|---|---|---|"]
+    lines = ["| variant | median CPU s / step | × plain late-layer SSL step |", "|---|---|---|"]
     lines += [f"| {name} | {medians[name]:.4f} | {result['ratio_to_plain_late'][name]:.2f} |" for name in medians]
     print("\n".join(lines))
     if args.out:

@@ -27,7 +27,7 @@ def test_js_matches_reference_and_bounds():
     assert float(js_to_uniform(torch.full((7,), 1 / 7, dtype=torch.float64))) == pytest.approx(0.0, abs=1e-15)
     k = 1000
     point_mass = torch.zeros(k, dtype=torch.float64)
-    point_mass[3] = 1.0                                   # closed form: ½log(2k/(k+1)) + ½[log(2/(k+1))/k + (k−1)/k·log 2]
+    point_mass[3] = 1.0        # closed form: ½log(2k/(k+1)) + ½[log(2/(k+1))/k + (k−1)/k·log 2]
     closed = 0.5 * math.log(2 * k / (k + 1)) + 0.5 * (math.log(2 / (k + 1)) / k + (k - 1) / k * math.log(2))
     assert float(js_to_uniform(point_mass)) == pytest.approx(closed, abs=1e-12)
     assert closed < JS_MAX
