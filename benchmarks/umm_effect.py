@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--tuned", required=True)
     parser.add_argument("--variants", required=True)
     parser.add_argument("--data", default="digits")
+    parser.add_argument("--reference", default="plain", help="the variant the others are also paired against")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     variants, datasets = args.variants.split(","), args.data.split(",")
@@ -56,6 +57,18 @@ def main() -> None:
             knn = paired_difference([t[1] for t in tuned], [b[1] for b in base])
             lines.append(f"| {data} | {variant} | {sum(t[0] for t in tuned) / len(tuned):.2f} | "
                          f"{sum(t[1] for t in tuned) / len(tuned):.2f} | {fmt(probe)} | {fmt(knn)} |")
+    if args.reference in variants:
+        lines += ["", f"Paired against {args.reference} (the same number of post-hoc epochs of plain SSL):", "",
+                  "| data | model | probe − reference | kNN − reference |", "|---|---|---|---|"]
+        for data in datasets:
+            reference = [accuracies(eval_file(Path(args.tuned) / seed / args.reference, data, datasets[0], True))
+                         for seed in seeds]
+            for variant in (v for v in variants if v != args.reference):
+                tuned = [accuracies(eval_file(Path(args.tuned) / seed / variant, data, datasets[0], True))
+                         for seed in seeds]
+                probe = paired_difference([t[0] for t in tuned], [r[0] for r in reference])
+                knn = paired_difference([t[1] for t in tuned], [r[1] for r in reference])
+                lines.append(f"| {data} | {variant} | {fmt(probe)} | {fmt(knn)} |")
     lines += ["", "Last tap, labelled test subset (layers.csv), mean over seeds: before → after",
               "", "| model | ΔR/d | kNN (%) |", "|---|---|---|"]
     for variant in variants:
