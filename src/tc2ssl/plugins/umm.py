@@ -126,7 +126,7 @@ class UMM(Plugin):
         views = self.augmented_views(images, 2, info.seed)
         if not self.is_umm_epoch(info.epoch):
             loss, _ = self.method.training_loss(views)                      # interleaved: a plain SSL step
-            loss.backward()
+            self.backward(loss)
             return {"loss": loss.detach()}
         n = views.shape[0]
         if self.generative:
@@ -192,5 +192,5 @@ class UMM(Plugin):
             ssl = self.method.baseline_loss(z, LossContext(views=views, update_state=False))
             loss = loss + b.retain_ssl * ssl
             metrics["umm/ssl"] = ssl.detach()
-        loss.backward()
+        self.backward(loss)
         return {"loss": loss.detach(), **metrics}
