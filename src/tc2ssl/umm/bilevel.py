@@ -36,7 +36,7 @@ class BilevelSettings:
     """The numbers of one UMM bi-level step (``umm.*`` keys of the plug-in)."""
 
     beta: float = 1.0            # weight of JS(p ‖ u) in the inner objective
-    lam: float = 1.0             # weight of ΔR in the outer objective
+    lam: float = 0.1             # weight of ΔR in the outer objective
     eps2: float = 0.1            # ε² of the outer ΔR
     gamma: float = 1.0           # weight of R_c in the outer ΔR (1 = ΔR proper)
     inner_lr: float = 1e-2       # α, the inner SGD step

@@ -13,9 +13,11 @@ class UMMConfig:
                 "vit_tiny) / layer2 (ResNets)"})
     objective: str = choice("bilevel", ("bilevel", "alignment"),
                             help="bilevel: the authors' structure, fixed (JS inner, ΔR outer, DARTS); alignment: "
-                                 "k-means prior + ridge alignment, one level (Danskin-exact)")
+                                 "k-means prior + ridge alignment, one level (Danskin-exact; measured worse: "
+                                 "experimental, docs/umm.md)")
     beta: float = bounded(1.0, 0.0, help="weight of JS(p ‖ uniform) in the inner objective")
-    lam: float = bounded(1.0, 0.0, help="weight of ΔR (instance partition) in the outer objective")
+    lam: float = bounded(0.1, 0.0, help="weight of ΔR (instance partition) in the outer objective (the authors' "
+                                        "code: 1, which measured worse on digits: docs/umm.md)")
     eps2: float = bounded(0.1, 0.0, low_open=True, help="ε² of the outer ΔR (the authors' eps = 0.1 is an ε²)")
     gamma: float = bounded(1.0, 0.0, help="weight of R_c in the outer ΔR (1 = ΔR)")
     inner_lr: float = bounded(1e-2, 0.0, help="α: the inner SGD step of the bi-level problem")
