@@ -104,3 +104,16 @@ def test_curves_average_seeds_and_peak_detects_a_drop(tmp_path):
     summary = peak_and_final(rows)["block4"]
     assert summary["best_epoch"] == 1 and summary["drop"] == pytest.approx(0.2)
     assert plot_layers(rows, tmp_path / "p.png").is_file()
+
+
+def test_measuring_does_not_change_the_training(tmp_path):
+    """The same run with and without diagnostics ends with bit-identical weights (no RNG draw, no BN update)."""
+    from tc2ssl.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+    common = [*TINY_RUN, "train.epochs=2", "diag.eval_size=40", "diag.bank_size=32", "diag.instance_images=8"]
+    plain = pretrain(load_config((), [*common, f"out={tmp_path / 'off'}"]))
+    measured = pretrain(load_config((), [*common, f"out={tmp_path / 'on'}", "diag.layers_every=1"]))
+    a, b = load_checkpoint(plain / CHECKPOINT_NAME)["method"], load_checkpoint(measured / CHECKPOINT_NAME)["method"]
+    assert (measured / "layers.csv").is_file() and not (plain / "layers.csv").exists()
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
