@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tc2ssl.config_fields import bounded, choice
 from tc2ssl.errors import ConfigError
 from tc2ssl.umm.config import UMMConfig
+from tc2ssl.yaml_io import read_yaml_mapping
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -161,6 +162,8 @@ class TrainConfig:
                             help="64-true: float64 everywhere (slow; for exactness checks, e.g. the DDP test)")
     channels_last: bool = False
     resume: bool = False
+    overwrite: bool = field(default=False, metadata={
+        "help": "start afresh in an out= folder that holds other files: move them into out/.replaced-<time>/"})
     init_from: Optional[str] = field(default=None, metadata={
         "help": "a finished run folder whose weights this run starts from (post hoc: `tc2ssl posthoc RUN_DIR`)"})
     max_steps: int = bounded(0, 0, help="stop after this many steps in total (0 = no limit; for tests)")
@@ -277,9 +280,9 @@ def load_config(presets: list[str] | tuple[str, ...] = (), overrides: list[str] 
     cfg = OmegaConf.structured(RunConfig if base is None else base)
     try:
         for name in presets:
-            preset = OmegaConf.load(preset_path(name))
-            _removed_in(OmegaConf.to_container(preset))
-            cfg = OmegaConf.merge(cfg, preset)
+            preset = read_yaml_mapping(preset_path(name), "preset")   # safe loader, duplicate keys refused
+            _removed_in(preset)
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(preset))
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"bad override {item!r}: expected key=value, e.g. train.epochs=5")
@@ -303,6 +306,8 @@ def load_config(presets: list[str] | tuple[str, ...] = (), overrides: list[str] 
 
 def from_dict(data: dict) -> RunConfig:
     """Rebuild a config from a dict (e.g. a run's config.yaml), validated."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of keys, got a {type(data).__name__}")
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(_drop_removed(data)))
     except OmegaConfBaseException as exc:
@@ -417,3 +422,6 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"eval.data={cfg.eval.data!r} is unknown; valid names: {', '.join(registries['data'].names())}")
     if not cfg.eval.probe_cs or any(c <= 0 for c in cfg.eval.probe_cs):
         raise ConfigError("eval.probe_cs must be a non-empty list of positive numbers")
+    from tc2ssl.config_checks import check_limits
+
+    check_limits(cfg)   # finite numbers in sane ranges, the shapes a step needs, ~ expanded
