@@ -12,6 +12,8 @@
                                                         the checks (docs/decisions.md) R1-R6 with their verdicts)
     tc2ssl recheck BENCHMARK_DIR                        recompute a finished benchmark's checks, rewrite results.md
     tc2ssl evaluate RUN_DIR [eval.data=NAME ...]         linear probe + kNN of a trained encoder on any labelled data
+    tc2ssl umm RUN_DIR [key=value ...]                  UMM post hoc on a finished run (= tc2ssl posthoc RUN_DIR
+                                                        plugin.name=umm; docs/umm.md)
     tc2ssl config [-p PRESET ...] [key=value ...]       print the resolved config
     tc2ssl list                                         data sources, backbones, methods, plug-ins, presets
 
@@ -38,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-p", "--preset", action="append", default=[],
                        help="preset name (see `tc2ssl list`) or YAML file; repeatable, later ones win")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 plugin.name=tc2")
+    p = sub.add_parser("umm", help="UMM post hoc on a finished run: tc2ssl posthoc RUN_DIR plugin.name=umm")
+    p.add_argument("run_dir")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=10 plugin.umm.lam=0.1")
     p = sub.add_parser("posthoc", help="fine-tune a finished run with a plug-in, from its weights and config")
     p.add_argument("run_dir", help="a finished run folder (holding config.yaml and checkpoint.pt)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. plugin.name=tc2 train.epochs=2")
@@ -130,10 +135,11 @@ def _dispatch(args) -> int:
         if results:
             print(json.dumps(_summary(results), indent=2))
         return 0
-    if args.command == "posthoc":
+    if args.command in ("posthoc", "umm"):
         from tc2ssl.workflows import run_posthoc
 
-        results = run_posthoc(args.run_dir, args.overrides)
+        overrides = ["plugin.name=umm", *args.overrides] if args.command == "umm" else args.overrides
+        results = run_posthoc(args.run_dir, overrides)
         if results:
             print(json.dumps(_summary(results), indent=2))
         return 0

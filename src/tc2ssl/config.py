@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from tc2ssl.config_fields import bounded, choice
 from tc2ssl.errors import ConfigError
+from tc2ssl.umm.config import UMMConfig
 from tc2ssl.yaml_io import read_yaml_mapping
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -150,6 +151,7 @@ class PluginConfig:
         "auto", ("auto", "always", "never"),
         help="take the support rows of S from the stage-2 support forward instead of a separate one (saves N·m' "
              "view forwards); auto = only where it is exact, i.e. no BatchNorm uses batch statistics")
+    umm: UMMConfig = field(default_factory=UMMConfig)
 
 
 @dataclass
@@ -201,6 +203,24 @@ class EvalConfig:
 
 
 @dataclass
+class DiagConfig:
+    """Per-layer diagnostics during pretraining (docs/umm.md): kNN accuracy (optionally a linear probe) and the
+    coding rate reduction ΔR of every backbone tap, written to ``layers.csv``; off by default."""
+
+    layers_every: int = bounded(0, 0, help="measure every backbone tap every this many epochs (0 = off)")
+    at_init: bool = field(default=True, metadata={"help": "also measure before the first epoch (epoch 0)"})
+    eval_size: int = bounded(600, 10, help="labelled test images the accuracy and label-partition ΔR use")
+    bank_size: int = bounded(1200, 10, help="labelled training images of the kNN bank / probe training set")
+    knn_k: int = bounded(20, 1)
+    knn_temperature: float = bounded(0.07, 0.0, low_open=True)
+    linear_probe: bool = field(default=False, metadata={"help": "also fit a logistic-regression probe per tap"})
+    probe_max_iter: int = bounded(100, 1)
+    eps2: float = bounded(0.5, 0.0, low_open=True, help="ε² of R, R_c and ΔR")
+    instance_images: int = bounded(128, 2, help="training images (two views each) of the instance-partition ΔR")
+    batch_size: int = bounded(512, 1)
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     out: str = "runs/default"
@@ -210,6 +230,7 @@ class RunConfig:
     plugin: PluginConfig = field(default_factory=PluginConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    diag: DiagConfig = field(default_factory=DiagConfig)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -125,7 +125,10 @@ def _run_pretrain(cfg: config_mod.RunConfig) -> dict:
             results["random_init"] = evaluate_encoder(random_init_backbone(cfg, channels), cfg, splits, device)
         write_results(results, out, stem="eval")
         atomic_write_text(out / "eval_table.md", results_table(results))
-    write_report(out, config_mod.to_yaml(cfg), read_metrics(out / "metrics.jsonl"), results or None, None)
+    from tc2ssl.diagnostics.layers import report_section
+
+    write_report(out, config_mod.to_yaml(cfg), read_metrics(out / "metrics.jsonl"), results or None,
+                 report_section(out) or None)
     print(f"run folder: {out}", file=sys.stderr)
     return results
 

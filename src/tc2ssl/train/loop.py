@@ -37,6 +37,7 @@ from tc2ssl.data import load_data
 from tc2ssl.data.augment import ViewMaker, auto_preset, seeded, step_seed
 from tc2ssl.data.base import DataSplits
 from tc2ssl import errors as errors_mod
+from tc2ssl.diagnostics.layers import LayerDiagnostics
 from tc2ssl.distributed import SINGLE_PROCESS, DistributedContext, launch_strategy
 from tc2ssl.errors import CheckpointError, ConfigError, TC2SSLError, TrainingError
 from tc2ssl.methods import build_method
@@ -51,7 +52,7 @@ from tc2ssl.yaml_io import read_yaml_mapping
 
 # keys that may differ between the run that wrote a checkpoint and the run that resumes it
 RESUME_FREE_KEYS = {"train.resume", "train.overwrite", "train.progress", "train.max_steps", "train.log_every",
-                    "train.threads", "eval", "out",
+                    "train.threads", "eval", "diag", "out",
                     # the global batch makes a run independent of the number of processes (tc2ssl.distributed)
                     "train.devices", "train.strategy"}
 
@@ -436,6 +437,13 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
     dist.barrier()
     plugin_state = [*plugin.parameters(), *plugin.buffers()]  # TC²'s f_v, f_w: stage 1 runs in every process
 
+    layer_diag = None   # diag.layers_every: per-layer kNN accuracy and ΔR (tc2ssl.diagnostics.layers)
+    if rank_zero and cfg.diag.layers_every:
+        layer_diag = LayerDiagnostics(cfg, run.data, run.view_maker, out, device)
+        layer_diag.start(start_epoch)
+        if start_epoch == 0 and layer_diag.due(0):
+            layer_diag.measure(method.backbone, 0)
+
     total_steps = cfg.train.epochs * steps_per_epoch
     stop_at = cfg.train.max_steps or None
     watch = NonFiniteWatch(device)
@@ -500,6 +508,8 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
             metrics_log.write(epoch_record)
         best_loss = check_epoch_loss(epoch_record["loss"], best_loss, epoch, ckpt_path)
         if rank_zero:
+            if layer_diag is not None and layer_diag.due(epoch + 1):
+                layer_diag.measure(method.backbone, epoch + 1)
             save_checkpoint(ckpt_path, {
                 "config": config_mod.to_dict(cfg), "epoch": epoch, "global_step": global_step,
                 "best_epoch_loss": best_loss,
