@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tc2ssl.errors import ConfigError
+from tc2ssl.gessl.config import GeSSLConfig
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -136,6 +137,7 @@ class PluginConfig:
         "auto", ("auto", "always", "never"),
         help="take the support rows of S from the stage-2 support forward instead of a separate one (saves N·m' "
              "view forwards); auto = only where it is exact, i.e. no BatchNorm uses batch statistics")
+    gessl: GeSSLConfig = field(default_factory=GeSSLConfig, metadata={"help": "plugin.name=gessl (docs/gessl.md)"})
 
 
 @dataclass
