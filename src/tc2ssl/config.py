@@ -182,6 +182,9 @@ class EvalConfig:
     max_train: int = bounded(0, 0, help="subsample the probe's training set (0 = all)")
     batch_size: int = bounded(512, 1)
     random_init_baseline: bool = field(default=True, metadata={"help": "also probe the same backbone at random init"})
+    sigma_tasks: int = bounded(20, 0, help="GeSSL's σ_ssl: held-out mini-batch tasks of the test images (0 = off)")
+    sigma_task_size: int = bounded(128, 2, help="images per σ_ssl task")
+    sigma_temperature: float = bounded(0.1, 0.0, low_open=True, help="temperature of π in σ_ssl (backbone features)")
 
 
 @dataclass

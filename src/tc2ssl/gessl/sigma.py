@@ -91,3 +91,26 @@ def sigma_ssl(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tenso
     sigma = sum(per_task) / len(per_task)
     return {"sigma": sigma, "U": universality(max(sigma, 0.0)), "n_tasks": n_tasks, "task_size": size,
             "temperature": temperature, "sigma_uninformative": math.log(size)}
+
+
+def universality_table(rows: dict[str, dict], baseline: str | None = None) -> str:
+    """A markdown table of σ and U per named evaluation result (each with a "universality" entry, see
+    :func:`tc2ssl.eval.evaluate.evaluate_backbone`); with ``baseline`` (a row name) also U / U_baseline."""
+    found = {name: r["universality"] for name, r in rows.items() if "universality" in r}
+    if not found:
+        return "(no σ measurements)\n"
+    base = found.get(baseline) if baseline else None
+    header = ["model", "σ_ssl", "U_ssl", "σ_task", "U_task"] + (["U_ssl / base", "U_task / base"] if base else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def cell(values: dict, key: str, fmt: str = ".4f") -> str:
+        return format(values[key], fmt) if key in values else "–"
+
+    for name, values in found.items():
+        cells = [name, cell(values, "sigma_ssl"), cell(values, "U_ssl"), cell(values, "sigma_task"),
+                 cell(values, "U_task")]
+        if base:
+            cells += [f"{values[k] / base[k]:.3f}" if k in values and k in base and base[k] > 0 else "–"
+                      for k in ("U_ssl", "U_task")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
