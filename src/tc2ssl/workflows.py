@@ -160,6 +160,7 @@ def run_compare(cfg: config_mod.RunConfig, plugins: list[str]) -> dict:
     import time
 
     from tc2ssl.eval.evaluate import results_table
+    from tc2ssl.gessl.curves import compare_section
     from tc2ssl.gessl.sigma import universality_table
     from tc2ssl.report import plot_loss_curves, read_metrics
 
@@ -188,6 +189,8 @@ def run_compare(cfg: config_mod.RunConfig, plugins: list[str]) -> dict:
                   "better): σ_ssl on held-out two-view mini-batch tasks of the test images (π on backbone "
                   "features), σ_task the linear probe's test cross-entropy (docs/gessl.md):", "",
                   universality_table(rows, baseline=cfg.method.name), ""]
+    if "none" in curves:
+        lines += compare_section(curves, "none", out)
     lines += ["| plug-in | wall time (s) | run folder |", "|---|---|---|"]
     lines += [f"| {name} | {seconds[name]:.0f} | [{name}/report.md]({name}/report.md) |" for name in plugins]
     lines += ["", "Note: the training losses of different plug-ins are different objectives (TC² and +T log the "
