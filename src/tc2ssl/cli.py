@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-p", "--preset", action="append", default=[],
                        help="preset name (see `tc2ssl list`) or YAML file; repeatable, later ones win")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 plugin.name=tc2")
+    p = sub.add_parser("posthoc", help="fine-tune a finished run with a plug-in, from its weights and config")
+    p.add_argument("run_dir", help="a finished run folder (holding config.yaml and checkpoint.pt)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. plugin.name=tc2 train.epochs=2")
     p = sub.add_parser("compare", help="pretrain the same config once per plug-in and compare them in one report")
     p.add_argument("-p", "--preset", action="append", default=[])
     p.add_argument("--plugins", default="none,tc2", help="comma-separated plug-in names (default: none,tc2)")
@@ -102,6 +105,13 @@ def _dispatch(args) -> int:
 
         cfg = config_mod.load_config(args.preset, args.overrides)
         results = run_pretrain(cfg)
+        if results:
+            print(json.dumps(_summary(results), indent=2))
+        return 0
+    if args.command == "posthoc":
+        from tc2ssl.workflows import run_posthoc
+
+        results = run_posthoc(args.run_dir, args.overrides)
         if results:
             print(json.dumps(_summary(results), indent=2))
         return 0

@@ -615,15 +615,6 @@ def test_batch_not_divisible_by_tasks_raises_with_remainder_error(make_run):
     assert all(p.grad is None for p in run.method.parameters())
 
 
-def test_task_context_works_or_is_rejected_as_config_error(make_run):
-    try:
-        run = make_run("plugin.task_context=true")
-        metrics = run.plugin.training_step(images_of(run), INFO)
-    except ConfigError:
-        return
-    assert torch.isfinite(metrics["loss"])
-
-
 # ---------------------------------------------------------------------------------------------- R14 literal mode
 LITERAL = ["plugin.reduction=sum", "plugin.l1_coef=1", "plugin.weight_mode=free", "plugin.task_reduction=sum"]
 

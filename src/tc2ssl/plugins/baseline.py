@@ -21,6 +21,7 @@ def conflict_parameter_names(method, which: str) -> list[str]:
 class Baseline(Plugin):
     n_views = 2
     supports_loss_scaling = True   # its gradient is one backward() (the conflict metric's cosines need no scale)
+    supports_distributed = True
 
     def __init__(self, cfg, method, view_maker):
         super().__init__(cfg, method, view_maker)

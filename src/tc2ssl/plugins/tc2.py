@@ -81,6 +81,35 @@ class TaskPlugin(Plugin):
     """K tasks per batch with the two-stage bi-level update; calibration on (TC²) or off (+T)."""
 
     with_calibration: bool = True
+    uses_tasks = True
+    supports_distributed = True
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """The task keys: a query set of at least one view, enough support views for the method's support loss,
+        K <= the batch, and the remainder policy; ``share_support_forward=always`` needs one process."""
+        from tc2ssl.methods import METHODS
+
+        p = cfg.plugin
+        if p.n_support_views >= p.n_views:
+            raise ConfigError(f"plugin.n_support_views={p.n_support_views} must be < plugin.n_views={p.n_views} "
+                              "(the query set needs at least one view)")
+        minimum = getattr(METHODS.get(cfg.method.name), "min_support_views", 1)
+        if p.n_support_views < minimum:
+            raise ConfigError(f"plugin.n_support_views={p.n_support_views} is too small for "
+                              f"method.name={cfg.method.name}: its support loss needs at least {minimum} views per "
+                              f"image; allowed: {minimum} <= plugin.n_support_views < plugin.n_views={p.n_views}")
+        batch, k = cfg.train.batch_size, p.n_tasks
+        if k > batch:
+            raise ConfigError(f"plugin.n_tasks={k} exceeds train.batch_size={batch}")
+        if p.remainder == "error" and batch % k:
+            raise ConfigError(f"plugin.remainder=error needs train.batch_size divisible by plugin.n_tasks, got "
+                              f"train.batch_size={batch} and plugin.n_tasks={k}: use a multiple of {k} (e.g. "
+                              f"train.batch_size={batch - batch % k}) or plugin.remainder=drop")
+        if cfg.train.devices > 1 and p.share_support_forward == "always":
+            raise ConfigError(f"plugin.share_support_forward=always is not supported with train.devices="
+                              f"{cfg.train.devices}: the statistics forward normalises over the whole batch across "
+                              "processes; use auto (shares where it is exact) or never")
 
     def __init__(self, cfg, method, view_maker):
         super().__init__(cfg, method, view_maker)
@@ -100,8 +129,6 @@ class TaskPlugin(Plugin):
         # stage 1 evaluates the K tasks' SSL losses in one call when that is the same number (SPEC §3.8, Eqs. 4-5:
         # a mean over tasks of per-task means): per-view losses and no layer that couples the samples of a call
         self.tasks_in_one_loss_call = method.per_view_losses and not batch_coupled_layers(method)
-        if p.task_context:
-            raise ConfigError("plugin.task_context=true is not supported by the TC² plug-in yet; use false")
         self.scale = torch.ones(())  # s of input_norm=rms: the detached batch RMS norm of z (1 otherwise)
         dim = method.embed_dim
         self.n_factors = p.n_factors or max(1, dim // 2)
@@ -110,7 +137,7 @@ class TaskPlugin(Plugin):
         if self.use_calibration:
             self.factor_net = FactorNet(dim, self.n_factors, hidden=p.factor_hidden)
             self.weight_net = WeightNet(dim, self.n_factors, hidden=p.weight_hidden, mode=p.weight_mode,
-                                        gate_bias_init=p.gate_bias_init, task_context=p.task_context)
+                                        gate_bias_init=p.gate_bias_init)
             self.stage1_optimizer = (torch.optim.Adam(self.calibrator_parameters().values(), lr=p.stage1_adam_lr)
                                      if p.stage1_optimizer == "adam" else None)
         self.factor_base_initialised = False   # plugin.factor_init=pca: set at the first stage 1 (checkpointed)
