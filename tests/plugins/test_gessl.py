@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from tc2ssl.config import load_config
 from tc2ssl.errors import ConfigError
-from tc2ssl.plugins.base import StepInfo
+from tc2ssl.plugins.base import StepInfo, trainable_parameters
 from tc2ssl.plugins.gessl import _VIEW_STREAM
 from tc2ssl.train.loop import build_run, pretrain
 
@@ -32,17 +32,15 @@ def test_every_method_runs_an_epoch_on_digits_with_finite_losses(method, tmp_pat
 
 
 def test_mae_is_refused_with_the_reason():
-    cfg = load_config(("mae",), ["train.epochs=1", "eval.enabled=false"])
-    cfg.plugin.name = "gessl"
     with pytest.raises(ConfigError, match="generative"):
-        build_run(cfg)
+        load_config(("mae",), ["plugin.name=gessl"])
 
 
 def test_too_many_batches_for_the_batch_size_is_a_config_error():
-    cfg = load_config((), ["plugin.name=gessl", *TINY])
-    cfg.plugin.gessl.n_batches = 20
     with pytest.raises(ConfigError, match="n_batches"):
-        build_run(cfg)
+        load_config((), ["plugin.name=gessl", *TINY, "plugin.gessl.n_batches=20"])
+    with pytest.raises(ConfigError, match="plugin.gessl.hypergradient"):
+        load_config((), ["plugin.name=gessl", "plugin.gessl.hypergradient=second_order"])
 
 
 def make_step(overrides, seed=0):
@@ -76,6 +74,8 @@ def test_separate_head_is_an_outer_parameter_with_a_gradient():
     assert head and all(name.startswith("pi_head.") for name in head)
     run.plugin.training_step(images, info)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.values())
+    stepped = trainable_parameters(run.method, run.plugin)                 # what the loop's optimiser steps
+    assert all(any(p is q for q in stepped) for p in head.values())
     simclr, _, _ = make_step(["method.name=simclr"])
     assert simclr.plugin.outer_parameters() == {} and simclr.plugin.pi_head is None
 

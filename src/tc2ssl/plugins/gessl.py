@@ -49,7 +49,6 @@ class GeSSL(Plugin):
 
     def __init__(self, cfg, method, view_maker):
         super().__init__(cfg, method, view_maker)
-        self.check_config(cfg)
         block = self.block
         self.n_views = 4 if block.outer_data == "fresh_views" else 2
         self.pi_head = (None if uses_projector(block.pi_head, method.name)
@@ -63,10 +62,6 @@ class GeSSL(Plugin):
         self.timer = None            # benchmarks/throughput.py sets a SectionTimer
         self._warned_remainder = False
 
-    @property
-    def block(self):
-        return self.cfg.gessl
-
     @classmethod
     def check_config(cls, cfg) -> None:
         from tc2ssl.methods import METHODS
@@ -79,8 +74,6 @@ class GeSSL(Plugin):
             raise ConfigError(f"plugin.gessl.n_batches={block.n_batches} splits train.batch_size="
                               f"{cfg.train.batch_size} into tasks of {per_task} image(s); a task needs at least 2 "
                               f"(use n_batches <= {cfg.train.batch_size // 2})")
-        if cfg.train.devices > 1:
-            raise ConfigError("plugin.name=gessl runs in one process; set train.devices=1")
 
     def outer_parameters(self) -> dict[str, torch.nn.Parameter]:
         """The separate π head: stepped by the loop's optimiser with the encoder."""
