@@ -73,6 +73,7 @@ class TaskOutcome:
     inner_loss: torch.Tensor         # L_ssl(θ; τ) before the first inner step
     sigma: torch.Tensor              # Eq. (G2') at φ_K on the outer views: the task's training σ
     features: torch.Tensor | None    # backbone features at φ_K of the outer views [n, 2, f] (PiHead training)
+    inner_grads: Params | None = None  # ∇L_ssl(θ; τ), the first inner gradient (the task-conflict diagnostic)
 
 
 class GeSSLObjective:
@@ -167,7 +168,7 @@ class GeSSLObjective:
                                         steps=s.inner_steps, fd_radius=s.fd_radius, probe_loss_fn=probe_loss,
                                         cg_steps=s.cg_steps, prox_lambda=s.prox_lambda)
         return TaskOutcome(grads=result.grads, outer_loss=result.outer_loss, inner_loss=result.inner_losses[0],
-                           sigma=stash["sigma"], features=stash.get("features"))
+                           sigma=stash["sigma"], features=stash.get("features"), inner_grads=result.inner_grads)
 
     def collaborative_update(self, theta: Params, tasks: list[tuple[torch.Tensor, torch.Tensor | None]]
                              ) -> tuple[Params, list[TaskOutcome]]:

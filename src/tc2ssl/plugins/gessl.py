@@ -10,7 +10,9 @@ Per training step (docs/gessl.md maps every line to the method's equations):
 3. the M hypergradients are averaged into ``.grad`` of the method's online parameters (the multi-batch
    collaborative update); the loop's optimiser applies them;
 4. a separate π head (every method but SimCLR, by default) gets the gradient of its own InfoNCE on the detached
-   backbone features in ``.grad``; it is an outer parameter, stepped by the same optimiser.
+   backbone features in ``.grad``; it is an outer parameter, stepped by the same optimiser;
+5. every ``plugin.conflict_every`` steps (M >= 2), the inter-task gradient cosine of the M tasks' SSL gradients at
+   θ (the same diagnostic as the baseline's and TC²'s, ``plugin.conflict_params``).
 
 Images per outer step are N, as for the baseline at the same ``train.batch_size``; a GeSSL task holds N/M of them.
 """
@@ -20,10 +22,12 @@ import warnings
 
 import torch
 
+from tc2ssl.diagnostics.conflict import ConflictTracker, epoch_summary_dict, task_gradient_cosines
 from tc2ssl.errors import ConfigError
 from tc2ssl.gessl.head import PiHead
 from tc2ssl.gessl.objective import GeSSLObjective, GeSSLSettings
 from tc2ssl.meta.functional import assign_grads
+from tc2ssl.plugins.baseline import conflict_parameter_names
 from tc2ssl.plugins.base import PLUGINS, Plugin, StepInfo
 from tc2ssl.timing import section
 
@@ -60,6 +64,7 @@ class GeSSL(Plugin):
             tau_pi=block.tau_pi or cfg.method.temperature, target=block.target, outer_data=block.outer_data)
         self.objective = GeSSLObjective(method, settings, self.pi_head)
         self.timer = None            # benchmarks/throughput.py sets a SectionTimer
+        self.conflict = ConflictTracker()
         self._warned_remainder = False
 
     @classmethod
@@ -116,4 +121,14 @@ class GeSSL(Plugin):
                 assign_grads(head_params, dict(zip(head_params, torch.autograd.grad(head_loss,
                                                                                      list(head_params.values())))))
             metrics["gessl/head_infonce"] = head_loss.detach()
+        every = self.cfg.conflict_every
+        if every and info.step % every == 0 and len(outcomes) > 1:    # the M tasks' SSL gradients at θ
+            names = conflict_parameter_names(self.method, self.cfg.conflict_params)
+            cos = task_gradient_cosines([{n: o.inner_grads[n] for n in names} for o in outcomes])
+            self.conflict.update(info.epoch, info.step, cos)
+            metrics.update({"conflict/cos_mean": cos["mean"], "conflict/cos_min": cos["min"],
+                            "conflict/frac_negative": cos["frac_negative"]})
         return metrics
+
+    def epoch_summary(self, epoch: int) -> dict[str, float]:
+        return epoch_summary_dict(self.conflict)
