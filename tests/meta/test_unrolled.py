@@ -18,7 +18,8 @@ def softplus_mlp(seed: int = 0, batchnorm: bool = False) -> nn.Module:
 def losses_for(model: nn.Module, buffers=None):
     """An inner cross-entropy on one batch and an outer cross-entropy on another (float64)."""
     g = torch.Generator().manual_seed(1)
-    x_in, x_out = torch.randn(8, 4, generator=g, dtype=torch.float64), torch.randn(7, 4, generator=g, dtype=torch.float64)
+    x_in = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    x_out = torch.randn(7, 4, generator=g, dtype=torch.float64)
     y_in, y_out = torch.randint(0, 3, (8,), generator=g), torch.randint(0, 3, (7,), generator=g)
     buffers = cloned_buffers(model) if buffers is None else buffers
 
