@@ -41,6 +41,9 @@ def test_too_many_batches_for_the_batch_size_is_a_config_error():
         load_config((), ["plugin.name=gessl", *TINY, "plugin.gessl.n_batches=20"])
     with pytest.raises(ConfigError, match="plugin.gessl.hypergradient"):
         load_config((), ["plugin.name=gessl", "plugin.gessl.hypergradient=second_order"])
+    with pytest.raises(ConfigError, match="bfloat16"):
+        load_config((), ["plugin.name=gessl", "train.precision=bf16-mixed"])
+    load_config((), ["plugin.name=gessl", "train.precision=bf16-mixed", "plugin.gessl.hypergradient=first_order"])
 
 
 def make_step(overrides, seed=0):

@@ -74,6 +74,11 @@ class GeSSL(Plugin):
         block = cfg.plugin.gessl
         if getattr(METHODS.get(cfg.method.name), "generative", False):
             raise ConfigError(MAE_MESSAGE.format(method=cfg.method.name))
+        if block.hypergradient in ("aid_fd", "implicit_cg") and cfg.train.precision == "bf16-mixed":
+            raise ConfigError(f"plugin.gessl.hypergradient={block.hypergradient} takes differences of gradients at "
+                              "θ ± εv, which bfloat16's 8-bit mantissa cannot resolve; with train.precision="
+                              "bf16-mixed use plugin.gessl.hypergradient=first_order or exact, or train.precision="
+                              "32-true")
         per_task = cfg.train.batch_size // block.n_batches
         if per_task < 2:
             raise ConfigError(f"plugin.gessl.n_batches={block.n_batches} splits train.batch_size="
