@@ -92,3 +92,21 @@ def test_a_seeded_run_is_deterministic(tmp_path):
         encoders.append(load_file(str(tmp_path / name / "encoder.safetensors")))
     assert encoders[0].keys() == encoders[1].keys()
     assert all(torch.equal(encoders[0][k], encoders[1][k]) for k in encoders[0])
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    """The separate π head (an outer parameter) and its optimiser moments survive a checkpoint: stopping after
+    epoch 0 and resuming gives the uninterrupted run's weights bit for bit."""
+    common = ["method.name=byol", "plugin.name=gessl", "train.epochs=2", *TINY, "train.deterministic=true"]
+    pretrain(load_config((), [*common, f"out={tmp_path / 'whole'}"]))
+    records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    first_epoch_steps = next(r["step"] for r in records if r["kind"] == "epoch" and r["epoch"] == 0)
+    pretrain(load_config((), [*common, f"train.max_steps={first_epoch_steps}", f"out={tmp_path / 'parts'}"]))
+    pretrain(load_config((), [*common, "train.resume=true", f"out={tmp_path / 'parts'}"]))
+    whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)
+    parts = torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=False)
+    assert any(k.startswith("pi_head.") for k in whole["plugin"])
+    for section in ("method", "plugin"):
+        assert whole[section].keys() == parts[section].keys()
+        assert all(torch.equal(whole[section][k], parts[section][k]) for k in whole[section]), section
