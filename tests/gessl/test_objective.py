@@ -110,6 +110,27 @@ def test_fresh_views_change_the_outer_loss_but_not_the_inner_one():
     assert torch.equal(same.inner_loss, other.inner_loss) and not torch.equal(same.outer_loss, other.outer_loss)
 
 
+def test_the_outer_ssl_term_adds_the_methods_loss_at_the_adapted_model():
+    """L_out + w·L_ssl(φ_K): with Λ = 0 the KL is 0, so the outer loss is w times the SSL loss at φ_K, and its
+    first-order hypergradient is w times the gradient of that loss at φ_K."""
+    method = tiny_method()
+    views = task_views()
+    settings = GeSSLSettings(lookahead_steps=0, outer_ssl_weight=0.5, hypergradient="first_order")
+    objective = GeSSLObjective(method, settings)
+    outcome = objective.task_hypergradient(theta_of(method), views)
+    theta = {n: p.detach() for n, p in theta_of(method).items()}
+    leaves = {n: p.clone().requires_grad_(True) for n, p in theta.items()}
+    inner_grads = torch.autograd.grad(objective.ssl_loss(leaves, views, objective.scratch_buffers()),
+                                      list(leaves.values()))
+    adapted = {n: (p - settings.inner_lr * g).requires_grad_(True) for (n, p), g in zip(theta.items(), inner_grads)}
+    expected_loss = objective.ssl_loss(adapted, views, objective.scratch_buffers())
+    expected = torch.autograd.grad(0.5 * expected_loss, list(adapted.values()), allow_unused=True)
+    expected = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                          for g, p in zip(expected, adapted.values())])
+    assert torch.allclose(outcome.outer_loss, 0.5 * expected_loss.detach(), rtol=1e-10)
+    assert torch.allclose(flat(outcome.grads), expected, rtol=1e-8, atol=1e-12)
+
+
 def test_bad_settings_raise_config_errors():
     from tc2ssl.errors import ConfigError
 

@@ -28,6 +28,9 @@ class GeSSLConfig:
                          help="outer loss: KL(π_ψ ‖ π_φ) to the look-ahead model, or KL(one-hot ‖ π_φ)")
     outer_data: str = choice("same_views", ("same_views", "fresh_views"),
                              help="views of the outer loss: the task's own, or two new views of its images")
+    outer_ssl_weight: float = bounded(0.0, 0.0, help="w: add w·L_ssl(φ) (the method's own loss at the adapted "
+                                                     "model) to the outer loss; 0 = the KL alone, as the sources "
+                                                     "describe (docs/gessl.md)")
     pi_head: str = choice("auto", ("auto", "projector", "separate"),
                           help="π's embedding: the method's projector, or a separate head on backbone features; "
                                "auto = projector for simclr, separate otherwise")

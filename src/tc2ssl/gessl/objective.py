@@ -49,6 +49,7 @@ class GeSSLSettings:
     tau_pi: float = 0.5             # π's temperature
     target: str = "lookahead"
     outer_data: str = "same_views"
+    outer_ssl_weight: float = 0.0   # w of the optional w·L_ssl(φ_K) term of the outer loss (not in the sources)
 
     def __post_init__(self):
         if self.hypergradient not in HYPERGRADIENT_MODES:
@@ -62,6 +63,8 @@ class GeSSLSettings:
                               f"{self.lookahead_steps}")
         if not self.tau_pi > 0:
             raise ConfigError(f"tau_pi must be > 0, got {self.tau_pi}")
+        if self.outer_ssl_weight < 0:
+            raise ConfigError(f"outer_ssl_weight must be >= 0, got {self.outer_ssl_weight}")
 
 
 @dataclass
@@ -157,12 +160,16 @@ class GeSSLObjective:
             if features is not None:
                 stash["features"] = features.detach()
             if s.target == "onehot":
-                return onehot_cross_entropy(log_probs)                       # Eq. (G2')
-            psi = self.lookahead(params, views)                              # Eq. (G8)
-            with torch.no_grad():
-                z_target, _ = self.pi_embeddings(psi, outer_views, self.scratch_buffers())
-                target = pair_log_probs(z_target, s.tau_pi)
-            return kl_to_target(target, log_probs)
+                loss = onehot_cross_entropy(log_probs)                       # Eq. (G2')
+            else:
+                psi = self.lookahead(params, views)                          # Eq. (G8)
+                with torch.no_grad():
+                    z_target, _ = self.pi_embeddings(psi, outer_views, self.scratch_buffers())
+                    target = pair_log_probs(z_target, s.tau_pi)
+                loss = kl_to_target(target, log_probs)
+            if s.outer_ssl_weight:                                           # our addition, off by default
+                loss = loss + s.outer_ssl_weight * self.ssl_loss(params, outer_views, self.scratch_buffers())
+            return loss
 
         result = unrolled_hypergradient(outer_loss, inner_loss, theta, lr=s.inner_lr, mode=s.hypergradient,
                                         steps=s.inner_steps, fd_radius=s.fd_radius, probe_loss_fn=probe_loss,

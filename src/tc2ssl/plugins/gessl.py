@@ -61,7 +61,8 @@ class GeSSL(Plugin):
             inner_steps=block.inner_steps, lookahead_steps=block.lookahead_steps, inner_lr=block.inner_lr,
             lookahead_lr=block.lookahead_lr, hypergradient=block.hypergradient, fd_radius=block.fd_radius,
             cg_steps=block.cg_steps, prox_lambda=block.prox_lambda,
-            tau_pi=block.tau_pi or cfg.method.temperature, target=block.target, outer_data=block.outer_data)
+            tau_pi=block.tau_pi or cfg.method.temperature, target=block.target, outer_data=block.outer_data,
+            outer_ssl_weight=block.outer_ssl_weight)
         self.objective = GeSSLObjective(method, settings, self.pi_head)
         self.timer = None            # benchmarks/throughput.py sets a SectionTimer
         self.conflict = ConflictTracker()
