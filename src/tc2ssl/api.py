@@ -9,7 +9,7 @@
         metrics = tc2(images)                 # stage 1 updates f_v/f_w; stage 2 leaves grads on the encoder
         opt.step(); method.after_step(progress)
 
-Downstream, use ``my_backbone`` exactly as for the baseline (SPEC §3.11): f_v and f_w are training-time only.
+Downstream, use ``my_backbone`` exactly as for the baseline (D-TC-20): f_v and f_w are training-time only.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@
                      [--methods byol,...] [key=value ...]
                                                         transfer / OOD suites: pacs, colored_mnist, digits_transfer,
                                                         cifar10_subset (results.md: mean ± std, paired CIs,
-                                                        the SPEC §9.2 checks R1-R6 with their verdicts)
+                                                        the checks (docs/decisions.md) R1-R6 with their verdicts)
     tc2ssl recheck BENCHMARK_DIR                        recompute a finished benchmark's checks, rewrite results.md
     tc2ssl evaluate RUN_DIR [eval.data=NAME ...]         linear probe + kNN of a trained encoder on any labelled data
     tc2ssl config [-p PRESET ...] [key=value ...]       print the resolved config
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="", help="further SSL methods, comma-separated: rows METHOD/PLUGIN for "
                    "every plug-in, paired with METHOD/none (the base method.name keeps the plain rows)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides and suite.KEY=VALUE suite options")
-    p = sub.add_parser("recheck", help="recompute the SPEC §9.2 checks of a finished benchmark and rewrite its "
+    p = sub.add_parser("recheck", help="recompute the checks (docs/decisions.md) of a finished benchmark and rewrite its "
                        "results.json / results.md")
     p.add_argument("benchmark_dir", help="the benchmark's output folder (holding results.json)")
     p = sub.add_parser("evaluate", help="evaluate a run's encoder (linear probe + kNN)")
@@ -118,11 +118,7 @@ def _dispatch(args) -> int:
     if args.command == "compare":
         from tc2ssl.workflows import run_compare
 
-        cfg = config_mod.load_config(args.preset, args.overrides)
-        plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
-        for name in plugins:
-            config_mod.load_config(args.preset, [*args.overrides, f"plugin.name={name}"])  # validate before work
-        _check_one_run_per_launch(cfg, "compare")
+        cfg, plugins = _config_per_plugin(args, "compare")
         rows = run_compare(cfg, plugins)
         print(json.dumps({k: {"linear_probe": v["linear_probe"]["accuracy"], "knn": v["knn"]["accuracy"]}
                           for k, v in rows.items()}, indent=2))
@@ -130,11 +126,7 @@ def _dispatch(args) -> int:
     if args.command == "figure1":
         from tc2ssl.diagnostics.figure1 import run_figure1
 
-        cfg = config_mod.load_config(args.preset, args.overrides)
-        plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
-        for name in plugins:
-            config_mod.load_config(args.preset, [*args.overrides, f"plugin.name={name}"])  # validate before work
-        _check_one_run_per_launch(cfg, "figure1")
+        cfg, plugins = _config_per_plugin(args, "figure1")
         try:
             seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
         except ValueError:
@@ -163,6 +155,19 @@ def _dispatch(args) -> int:
         print(json.dumps(_summary(run_evaluate(args.run_dir, args.overrides)), indent=2))
         return 0
     raise AssertionError(args.command)
+
+
+def _config_per_plugin(args, command: str):
+    """The config of a command that runs once per ``--plugins`` entry, and the plug-in names; every plug-in's
+    config is validated before any work starts."""
+    from tc2ssl import config as config_mod
+
+    cfg = config_mod.load_config(args.preset, args.overrides)
+    plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
+    for name in plugins:
+        config_mod.load_config(args.preset, [*args.overrides, f"plugin.name={name}"])
+    _check_one_run_per_launch(cfg, command)
+    return cfg, plugins
 
 
 def _check_one_run_per_launch(cfg, command: str) -> None:

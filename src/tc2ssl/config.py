@@ -115,7 +115,7 @@ class PluginConfig:
     input_norm: str = choice("auto", ("auto", "l2", "rms", "none"),
                              help="auto: l2 for cosine methods, rms (scale-equivariant) otherwise")
     detach_v_in_lw: bool = True
-    lw_rows: str = choice("split", ("split", "all"), help="L_w on support/query rows, or all rows (D-TC-09)")
+    lw_rows: str = choice("split", ("split", "all"), help="L_w on support/query rows, or all rows (D-TC-15)")
     query_loss: str = choice("default", ("default", "native", "proto_mse"))
     calibration: bool = True
     use_loss_v: bool = True
@@ -227,7 +227,7 @@ def preset_path(name: str) -> Path:
 REMOVED_KEYS = {
     "data.num_workers": "the data are in-memory tensors and no DataLoader workers exist; remove the key",
     "plugin.split": "the task split is always by view (each image's views go to support and query); remove the key",
-    "plugin.task_context": "f_w never sees a task context (docs/decisions.md D-TC-02); remove the key",
+    "plugin.task_context": "f_w never sees a task context (docs/decisions.md D-TC-03); remove the key",
 }
 
 

@@ -1,4 +1,4 @@
-"""The SPEC §9.2 checks (R1–R6) computed from benchmark results: thresholds at their boundaries, the hard/soft
+"""The the checks of docs/decisions.md checks (R1–R6) computed from benchmark results: thresholds at their boundaries, the hard/soft
 verdicts, per-epoch diagnostics read from metrics.jsonl, protocol deviations named, and ``tc2ssl recheck``."""
 import json
 import math

@@ -62,7 +62,12 @@ class HeadProbe(Plugin):
         return {"loss": loss.detach(), "head_loss": head_loss.detach()}
 
 
-PLUGINS.register("head_probe")(HeadProbe)
+@pytest.fixture(autouse=True, scope="module")
+def head_probe_registered():
+    """``head_probe`` is a plug-in for this module only: registered here, removed afterwards."""
+    PLUGINS.register("head_probe")(HeadProbe)
+    yield
+    PLUGINS._items.pop("head_probe")
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ import torch
 from tc2ssl.errors import ConfigError
 from tc2ssl.gessl.head import PiHead, pair_log_probs
 from tc2ssl.gessl.target import kl_to_target, onehot_cross_entropy
-from tc2ssl.meta.functional import Params, accumulate, inner_adapt
-from tc2ssl.meta.unrolled import HYPERGRADIENT_MODES, unrolled_hypergradient
+from tc2ssl.meta.functional import Params, accumulate, cloned_buffers
+from tc2ssl.meta.unrolled import HYPERGRADIENT_MODES, proximal_adapt, unrolled_hypergradient
 from tc2ssl.methods.base import LossContext, SSLMethod
 
 TARGETS = ("lookahead", "onehot")
@@ -123,8 +123,7 @@ class GeSSLObjective:
         forward may move without touching the live ones. Target networks keep their own (``LossContext``)."""
         if self._routed is None:
             self._routed = {name.split(".", 1)[0] for name in self.method.online_parameters()}
-        return {name: b.detach().clone() for name, b in self.method.named_buffers()
-                if name.split(".", 1)[0] in self._routed}
+        return cloned_buffers(self.method, self._routed)
 
     def lookahead(self, adapted: Params, views: torch.Tensor) -> Params:
         """ψ of Eq. (G8): Λ SSL steps from sg(φ_K) on the task's views, on scratch buffers; detached."""
@@ -132,9 +131,9 @@ class GeSSLObjective:
         start = {n: p.detach() for n, p in adapted.items()}
         if s.lookahead_steps == 0:
             return start
-        with torch.enable_grad():
-            psi, _ = inner_adapt(lambda p: self.ssl_loss(p, views, self.scratch_buffers()), start,
-                                 s.lookahead_lr or s.inner_lr, steps=s.lookahead_steps)
+        with torch.enable_grad():                                   # plain SGD steps: no proximal pull
+            psi, _, _ = proximal_adapt(lambda p: self.ssl_loss(p, views, self.scratch_buffers()), start,
+                                       s.lookahead_lr or s.inner_lr, steps=s.lookahead_steps, prox_lambda=0.0)
         return {n: p.detach() for n, p in psi.items()}
 
     # ------------------------------------------------------------------ one task, M tasks

@@ -1,4 +1,4 @@
-"""Backbones with named intermediate layers (SPEC §2.1).
+"""Backbones with named intermediate layers (D-SSL-01).
 
 Every backbone maps float images [N, C, H, W] to pooled features h [N, feat_dim] (what downstream evaluation uses)
 and exposes ``forward_features(x, taps)`` returning globally average-pooled features of named layers, which the
@@ -6,13 +6,13 @@ per-layer diagnostics and UMM need.
 
 - ``small_cnn``: the CPU default, 4 conv blocks (widths ``model.widths``, default 32-64-128-128), stride 2 at blocks 2
   and 3, BN + ReLU. Taps ``block1..block4`` (``early`` = block2, ``last`` = block4).
-- ``small_cnn_tiny``: widths 16-32-64-64 (the spec's fast variant for the §9 checks), fixed: config validation
+- ``small_cnn_tiny``: widths 16-32-64-64 (our fast variant for tests and checks), fixed: config validation
   rejects other ``model.widths`` and records these.
 - ``resnet18`` / ``resnet50``: torchvision models (``model.cifar_stem``: 3x3 stride-1 conv, no max-pool), taps
   ``layer1..layer4``. Parameter names are torchvision's, so exported weights load into ``torchvision.models.resnet*``.
 - ``timm:NAME``: any timm model (``pip install timm``), taps from its ``feature_info`` (module names, e.g.
   ``layer1..layer4``) and ``stage_last`` (the pooled output).
-- ``vit_tiny``: the spec's TinyViTMAE encoder (§2.1), a 4-block ViT of width 64 on 4-pixel patches, any channel
+- ``vit_tiny``: our small MAE encoder (D-SSL-01), a 4-block ViT of width 64 on 4-pixel patches, any channel
   count and any square side divisible by 4. Taps ``block1..block4``; ``encode_visible`` encodes only the visible
   tokens of a patch mask (MAE).
 """
@@ -92,7 +92,7 @@ class ConvBlock(nn.Sequential):
 
 
 class SmallCNN(Backbone):
-    """Four conv blocks, stride 2 at blocks 2 and 3, global average pooling (SPEC §2.1)."""
+    """Four conv blocks, stride 2 at blocks 2 and 3, global average pooling (D-SSL-01)."""
 
     aliases = {"early": "block2", "last": "block4"}
 

@@ -77,13 +77,13 @@ def init_vit_weights(module: nn.Module) -> None:
 
 
 class TinyViT(Backbone):
-    """SPEC §2.1 ``TinyViTMAE`` encoder: patch embedding (a stride-p convolution, any channel count), fixed 2-D
+    """Our small MAE encoder (D-SSL-01): patch embedding (a stride-p convolution, any channel count), fixed 2-D
     sine-cosine positions (computed for the input's grid, so any square side divisible by p works), ``depth``
     pre-norm blocks and a final LayerNorm; no class token.
 
     ``forward(x)`` mean-pools the tokens of the whole image [N, width]; ``forward(x, mask)`` is
     ``encode_visible``: only the visible patches of ``mask`` (bool [N, P], True = masked) enter the blocks, which
-    return their latents [N, T, width] (MAE's encoder, and the calibration point of TC² for MAE, SPEC §3.5.3).
+    return their latents [N, T, width] (MAE's encoder, and the calibration point of TC² for MAE, D-TC-07).
     Taps ``block1..block4`` are the mean-pooled outputs of the blocks, ``block4`` after the final LayerNorm
     (``early`` = block2, ``last`` = block4 = ``forward``).
     """

@@ -1,6 +1,6 @@
 """``plugin.name=none``: the plain SSL baseline — two views per image, the method's native loss.
 
-For the Figure-1 comparison the inter-task gradient cosine is also measured on the baseline (SPEC §7.1): the batch
+For the Figure-1 comparison the inter-task gradient cosine is also measured on the baseline (D-DG-01): the batch
 is split into ``plugin.conflict_tasks`` random halves and the gradients of each part's native loss are compared.
 """
 from __future__ import annotations

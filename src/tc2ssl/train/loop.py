@@ -1,5 +1,9 @@
 """The pretraining loop (Lightning Fabric for devices, processes and precision).
 
+Why one file of ~490 lines: the order of everything a run does (build, plug-in hooks, resume, steps, collectives,
+logging, checkpoints, export) is the point of this module and reads in one place; the parts with a life of their
+own are elsewhere (``train/checkpoint.py``, ``train/schedule.py``, ``distributed.py``, the plug-ins).
+
 Per step: views and the TC² task split come from seeds derived from (run seed, epoch, step), and the image order of
 an epoch from (run seed, epoch), so a run resumed from its last epoch checkpoint replays exactly what an
 uninterrupted run does. A checkpoint is written atomically at the end of every epoch; a non-finite loss stops the run
