@@ -36,7 +36,12 @@ costs measured on the same encoder in the same run: the per-view time of a no-gr
 and a backward over the baseline's 2N views (``floor_counts``). step / floor says how far a variant is from the
 encoder work it cannot avoid.
 
-The last line printed is a JSON object with the TC²-to-baseline step-time ratio.
+GeSSL (``--gessl``). The ``gessl`` variant (``plugin.gessl.*`` at their defaults unless ``--set`` changes them) is
+timed in the same rounds; its sections are augmentation and bilevel (the M tasks' inner steps, look-ahead, outer
+loss and hypergradients). Its floor (``gessl_floor_counts``) is priced with unit costs measured at its task size
+(2N/M views per encoder call).
+
+The last line printed is a JSON object with the TC²-to-baseline step-time ratio (and GeSSL's, with ``--gessl``).
 """
 from __future__ import annotations
 
@@ -62,7 +67,8 @@ from tc2ssl.timing import SectionTimer, section
 from tc2ssl.train.loop import build_run
 from tc2ssl.train.schedule import build_optimizer
 
-SECTIONS = ("augmentation", "statistics_forward", "stage1", "health", "stage2")
+SECTIONS = ("augmentation", "statistics_forward", "stage1", "health", "stage2", "bilevel")
+GESSL_MODES = ("aid_fd", "implicit_cg", "exact", "first_order")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = time.perf_counter  # set from --clock in main()
 HYPERGRADIENT_MODES = ("first_order", "finite_difference", "exact")
@@ -328,6 +334,45 @@ def floor_counts(plugin: str, mode: str, n: int, m: int, m_support: int, shared_
     return counts
 
 
+def gessl_floor_counts(mode: str, n: int, inner_steps: int = 1, lookahead_steps: int = 1, onehot: bool = False,
+                       cg_steps: int = 5) -> dict[str, float]:
+    """Encoder passes (in views) per batch of N images that GeSSL's maths requires; the M tasks of N/M images with
+    two views each hold 2N views in all, so the counts do not depend on M (the unit costs do: a task's calls are
+    2N/M views). Per task: K_in inner forward + backward (Eq. G7); Λ look-ahead forward + backward (Eq. G8) and
+    one no-grad forward of π at ψ (not with ``onehot``); the outer forward + backward at φ_K (Eq. G2); aid_fd adds
+    two gradient probes per inner step, implicit_cg two per CG iteration, exact two backward passes per inner step
+    (the double backward, an estimate as for TC²); first_order adds nothing."""
+    views = 2.0 * n
+    passes = inner_steps + 1 + (0 if onehot else lookahead_steps)
+    extra_backward = 0
+    if mode == "aid_fd":
+        passes += 2 * inner_steps
+    elif mode == "implicit_cg":
+        passes += 2 * cg_steps
+    elif mode == "exact":
+        extra_backward = 2 * inner_steps
+    return {"forward_nograd": 0.0 if onehot else views, "forward_graph": views * passes,
+            "backward": views * (passes + extra_backward)}
+
+
+def gessl_floor_rows(args, unit_task: dict[str, float], base_floor: float, measured: dict) -> dict:
+    """The GeSSL rows of the floor table, priced at the task-size unit costs."""
+    cfg = load_config((), ["plugin.name=gessl", *base_overrides(args)]).plugin.gessl
+    rows = {}
+    for mode in GESSL_MODES:
+        counts = gessl_floor_counts(mode, args.batch, cfg.inner_steps, cfg.lookahead_steps, cfg.target == "onehot",
+                                    cfg.cg_steps)
+        row = {"views": counts, "floor_s": floor_seconds(counts, unit_task),
+               "view_passes_fwd_units": counts["forward_nograd"] + counts["forward_graph"]
+               + counts["backward"] * unit_task["backward"] / unit_task["forward_graph"]}
+        row["floor_ratio_to_baseline_floor"] = row["floor_s"] / base_floor
+        if "gessl" in measured and mode == cfg.hypergradient:
+            row["measured_step_s"] = measured["gessl"]["step_s"]
+            row["step_to_floor"] = measured["gessl"]["step_s"] / row["floor_s"]
+        rows[f"gessl/{mode}"] = row
+    return rows
+
+
 def floor_seconds(counts: dict[str, float], unit: dict[str, float]) -> float:
     return sum(counts[k] * unit[k] for k in counts)
 
@@ -440,6 +485,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-shared", action="store_true", help="skip the tc2_shared variant (support forward "
                                                                  "shared even where BatchNorm makes it inexact)")
     parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--gessl", action="store_true", help="also time plugin.name=gessl (plugin.gessl.* via --set)")
+    parser.add_argument("--no-tc2", action="store_true", help="skip the +T and TC² variants")
     parser.add_argument("--set", action="append", default=[], help="extra config override key=value (repeatable)")
     parser.add_argument("--out", default=None, help="folder for throughput.json and throughput.md")
     args = parser.parse_args(argv)
@@ -462,13 +509,27 @@ def main(argv=None) -> int:
     batches = [images_all[torch.randperm(len(images_all), generator=generator)[: args.batch]].to(device)
                for _ in range(4)]
 
-    specs = {"baseline": ("none", []), "tasks": ("tasks", []), "tc2": ("tc2", [])}
-    if not args.no_shared:
-        specs["tc2_shared"] = ("tc2", ["plugin.share_support_forward=always"])
-    main_result = measure(args, specs, data, batches, unit_call_sizes=(None,))
-    unit = main_result.pop("_unit_costs")[None]
+    specs = {"baseline": ("none", [])}
+    if not args.no_tc2:
+        specs.update({"tasks": ("tasks", []), "tc2": ("tc2", [])})
+        if not args.no_shared:
+            specs["tc2_shared"] = ("tc2", ["plugin.share_support_forward=always"])
+    sizes: tuple[int | None, ...] = (None,)
+    if args.gessl:
+        specs["gessl"] = ("gessl", [])
+        n_batches = load_config((), ["plugin.name=gessl", *base_overrides(args)]).plugin.gessl.n_batches
+        task_views = 2 * (args.batch // n_batches)
+        sizes = (None, task_views)
+    main_result = measure(args, specs, data, batches, unit_call_sizes=sizes)
+    units = main_result.pop("_unit_costs")
+    unit = units[None]
+    floor = floor_report(args, unit, main_result)
+    if args.gessl:
+        floor["gessl_unit_costs_s_per_view"] = units[sizes[1]]
+        floor["rows"].update(gessl_floor_rows(args, units[sizes[1]], floor["rows"]["baseline"]["floor_s"],
+                                              main_result))
     report = {"settings": vars(args), "device": describe_device(args.device), "load_average": load_average(),
-              "main": main_result, "floor": floor_report(args, unit, main_result)}
+              "main": main_result, "floor": floor}
     if args.sweep:
         report["sweep_n_tasks"] = sweep(args, data, batches, lambda k: [f"plugin.n_tasks={k}"],
                                         [int(k) for k in args.k_sweep.split(",")], lambda k: f"K={k}",
@@ -491,9 +552,18 @@ def main(argv=None) -> int:
 
 def last_line(report: dict) -> dict:
     main_res, floor = report["main"], report["floor"]["rows"]
+    line = {}
+    if "gessl" in main_res:
+        gessl_row = next(r for k, r in floor.items() if k.startswith("gessl/") and "step_to_floor" in r)
+        line.update({"gessl_to_baseline_step_ratio": round(main_res["gessl"]["ratio_to_baseline"], 3),
+                     "gessl_to_baseline_step_ratio_paired": round(main_res["gessl"]["ratio_to_baseline_paired"], 3),
+                     "gessl_step_to_floor": round(gessl_row["step_to_floor"], 3),
+                     "gessl_floor_to_baseline_floor": round(gessl_row["floor_ratio_to_baseline_floor"], 3)})
+    if "tc2" not in main_res:
+        return line
     tc2 = main_res["tc2"]
     mode = report["settings"]["stage2_mode"]
-    line = {"tc2_to_baseline_step_ratio": round(tc2["ratio_to_baseline"], 3),
+    line |= {"tc2_to_baseline_step_ratio": round(tc2["ratio_to_baseline"], 3),
             "tc2_to_baseline_step_ratio_paired": round(tc2["ratio_to_baseline_paired"], 3),
             "tasks_to_baseline_step_ratio": round(main_res["tasks"]["ratio_to_baseline"], 3),
             "tc2_stage1_share": round(tc2.get("share", {}).get("stage1", float("nan")), 3),
@@ -533,7 +603,7 @@ def to_markdown(report: dict) -> str:
              f"{s['repeats']} interleaved rounds, {s['clock']} clock; load average {report['load_average']} -> "
              f"{report.get('load_average_end')}", "",
              "| variant | step (ms) | images/s | × baseline | × baseline, paired | peak mem (MiB) | augmentation | "
-             "statistics fwd | stage 1 | health | stage 2 | other |", "|---" * 12 + "|"]
+             "statistics fwd | stage 1 | health | stage 2 | GeSSL bi-level | other |", "|---" * 13 + "|"]
     for name, r in report["main"].items():
         share = r.get("share", {})
         cells = [f"{100 * share[k]:.0f}%" if k in share else "—" for k in (*SECTIONS, "other")]
@@ -543,6 +613,10 @@ def to_markdown(report: dict) -> str:
                      f"{r['ratio_to_baseline_paired']:.2f} | {memory} | " + " | ".join(cells) + " |")
     f = report["floor"]
     u = f["unit_costs_s_per_view"]
+    if "gessl_unit_costs_s_per_view" in f:
+        g = f["gessl_unit_costs_s_per_view"]
+        lines += ["", f"GeSSL rows are priced at its task size: forward without graph {1e6 * g['forward_nograd']:.0f} "
+                  f"µs, with graph {1e6 * g['forward_graph']:.0f} µs, backward {1e6 * g['backward']:.0f} µs per view."]
     lines += ["", f"Encoder unit costs per view (measured, over the baseline's 2N views): forward without graph "
               f"{1e6 * u['forward_nograd']:.0f} µs, forward with graph {1e6 * u['forward_graph']:.0f} µs, backward "
               f"{1e6 * u['backward']:.0f} µs (backward / forward = {f['backward_to_forward']:.2f}, no-grad / graph "

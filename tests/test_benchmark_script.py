@@ -39,6 +39,21 @@ def test_floor_counts_follow_the_passes_the_maths_requires():
     assert ratio == pytest.approx(3.0)
 
 
+def test_gessl_floor_counts_the_passes_of_its_maths():
+    """Per batch of N images (2N views over the M tasks): inner, look-ahead and outer forward+backward plus the
+    no-grad forward of π at ψ; aid_fd adds two probes per inner step, implicit_cg two per CG step; the one-hot
+    target needs neither the look-ahead nor ψ's forward."""
+    counts = load_throughput().gessl_floor_counts
+    n = 128
+    assert counts("first_order", n) == {"forward_nograd": 256, "forward_graph": 3 * 256, "backward": 3 * 256}
+    assert counts("aid_fd", n) == {"forward_nograd": 256, "forward_graph": 5 * 256, "backward": 5 * 256}
+    assert counts("aid_fd", n, inner_steps=2, lookahead_steps=3)["forward_graph"] == (2 + 3 + 1 + 4) * 256
+    assert counts("implicit_cg", n, cg_steps=5)["backward"] == (1 + 1 + 1 + 10) * 256
+    assert counts("exact", n)["backward"] == 5 * 256 and counts("exact", n)["forward_graph"] == 3 * 256
+    assert counts("first_order", n, onehot=True) == {"forward_nograd": 0, "forward_graph": 2 * 256,
+                                                      "backward": 2 * 256}
+
+
 @pytest.mark.slow
 def test_throughput_quick_prints_the_ratio_last(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--quick", "--batch", "64",

@@ -5,7 +5,7 @@
                                                         the same run per plug-in, one report side by side
     tc2ssl figure1 [--plugins tasks,tc2] [--seeds 0,1,2] [key=value ...]
                                                         Figure 1: inter-task gradient cosine per epoch
-    tc2ssl benchmark SUITE [--preset smoke|cpu|paper] [--plugins random_init,none,tasks,tc2] [--seeds 0,1,2]
+    tc2ssl benchmark SUITE [--preset smoke|cpu|paper] [--plugins random_init,none,tasks,tc2,gessl] [--seeds 0,1,2]
                      [--methods byol,...] [key=value ...]
                                                         transfer / OOD suites: pacs, colored_mnist, digits_transfer,
                                                         cifar10_subset (results.md: mean ± std, paired CIs,
@@ -59,9 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="pacs, colored_mnist, digits_transfer or cifar10_subset (options and key=value "
                    "overrides may come in any order)")
     p.add_argument("--preset", default="cpu", help="scale: smoke, cpu (default) or paper")
-    p.add_argument("--plugins", default="random_init,none,tasks,tc2",
+    p.add_argument("--plugins", default="random_init,none,tasks,tc2,gessl",
                    help="comma-separated rows: plug-in names, and random_init (the untrained backbone, evaluated "
-                   "only); default: random_init,none,tasks,tc2")
+                   "only); default: random_init,none,tasks,tc2,gessl (with gessl and none also 'none batch=N/M')")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's)")
     p.add_argument("--methods", default="", help="further SSL methods, comma-separated: rows METHOD/PLUGIN for "
                    "every plug-in, paired with METHOD/none (the base method.name keeps the plain rows)")

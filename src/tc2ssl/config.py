@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from tc2ssl.config_fields import bounded, choice
 from tc2ssl.errors import ConfigError
+from tc2ssl.gessl.config import GeSSLConfig
 from tc2ssl.umm.config import UMMConfig
 from tc2ssl.yaml_io import read_yaml_mapping
 
@@ -151,6 +152,7 @@ class PluginConfig:
         "auto", ("auto", "always", "never"),
         help="take the support rows of S from the stage-2 support forward instead of a separate one (saves N·m' "
              "view forwards); auto = only where it is exact, i.e. no BatchNorm uses batch statistics")
+    gessl: GeSSLConfig = field(default_factory=GeSSLConfig, metadata={"help": "plugin.name=gessl (docs/gessl.md)"})
     umm: UMMConfig = field(default_factory=UMMConfig)
 
 
@@ -200,6 +202,9 @@ class EvalConfig:
     max_train: int = bounded(0, 0, help="subsample the probe's training set (0 = all)")
     batch_size: int = bounded(512, 1)
     random_init_baseline: bool = field(default=True, metadata={"help": "also probe the same backbone at random init"})
+    sigma_tasks: int = bounded(20, 0, help="GeSSL's σ_ssl: held-out mini-batch tasks of the test images (0 = off)")
+    sigma_task_size: int = bounded(128, 2, help="images per σ_ssl task")
+    sigma_temperature: float = bounded(0.1, 0.0, low_open=True, help="temperature of π in σ_ssl (backbone features)")
 
 
 @dataclass

@@ -56,9 +56,18 @@ def load_eval_splits(run_cfg, channels: int, resolution: int, name: str | None =
 
 
 def evaluate_encoder(backbone, run_cfg, splits: DataSplits, device) -> dict:
+    """Linear probe, kNN and GeSSL's σ/U of ``backbone`` (σ_ssl on views made with the run's augmentation)."""
+    from tc2ssl.data.augment import ViewMaker, auto_preset
     from tc2ssl.eval.evaluate import evaluate_backbone
 
-    return evaluate_backbone(backbone, splits.train, splits.test, run_cfg.eval, device=device, seed=run_cfg.seed)
+    test = splits.test
+    view_maker = None
+    if run_cfg.eval.sigma_tasks:
+        preset = run_cfg.data.augment if run_cfg.data.augment != "auto" else auto_preset(
+            run_cfg.data.name, test.channels, test.resolution)
+        view_maker = ViewMaker(preset, test.resolution, test.channels, crop_mode=run_cfg.data.crop_mode)
+    return evaluate_backbone(backbone, splits.train, test, run_cfg.eval, device=device, seed=run_cfg.seed,
+                             view_maker=view_maker)
 
 
 def random_init_backbone(run_cfg, in_channels: int):
@@ -224,6 +233,8 @@ def run_compare(cfg: config_mod.RunConfig, plugins: list[str]) -> dict:
     import time
 
     from tc2ssl.eval.evaluate import results_table
+    from tc2ssl.gessl.curves import compare_section
+    from tc2ssl.gessl.sigma import universality_table
     from tc2ssl.report import plot_loss_curves, read_metrics
 
     out = Path(cfg.out)
@@ -245,8 +256,15 @@ def run_compare(cfg: config_mod.RunConfig, plugins: list[str]) -> dict:
              f"Same data, backbone ({cfg.model.backbone}), seed ({cfg.seed}), epochs ({cfg.train.epochs}), batch "
              f"({cfg.train.batch_size}) and optimiser for every row; plug-ins: {', '.join(plugins)}.", "",
              "Frozen-backbone evaluation on the test split (linear probe with C chosen on a validation split; "
-             "weighted kNN, k = 20):", "", results_table(rows) if rows else "(evaluation disabled)", "",
-             "| plug-in | wall time (s) | run folder |", "|---|---|---|"]
+             "weighted kNN, k = 20):", "", results_table(rows) if rows else "(evaluation disabled)", ""]
+    if rows:
+        lines += ["GeSSL's σ-measurement (nats, lower is better) and universality score U = exp(−σ) (higher is "
+                  "better): σ_ssl on held-out two-view mini-batch tasks of the test images (π on backbone "
+                  "features), σ_task the linear probe's test cross-entropy (docs/gessl.md):", "",
+                  universality_table(rows, baseline=cfg.method.name), ""]
+    if "none" in curves:
+        lines += compare_section(curves, "none", out)
+    lines += ["| plug-in | wall time (s) | run folder |", "|---|---|---|"]
     lines += [f"| {name} | {seconds[name]:.0f} | [{name}/report.md]({name}/report.md) |" for name in plugins]
     lines += ["", "Note: the training losses of different plug-ins are different objectives (TC² and +T log the "
               "query loss of Eq. 7), so compare the curves' shapes, not their levels.", "",

@@ -132,8 +132,12 @@ def smoke(suite: str, out, *extra: str) -> dict:
 
     configs = {label: yaml.safe_load((pretraining_folder(label) / "config.yaml").read_text()) for label in labels}
     reference = configs["none"]
-    for cfg in configs.values():
-        assert cfg["seed"] == 0 and cfg["data"] == reference["data"] and cfg["train"] == reference["train"]
+    for label, cfg in configs.items():
+        train = dict(cfg["train"])
+        if label.startswith("none batch="):          # GeSSL's fairness row: the baseline at GeSSL's task batch
+            assert train.pop("batch_size") == int(label.split("=")[1])
+            train["batch_size"] = reference["train"]["batch_size"]
+        assert cfg["seed"] == 0 and cfg["data"] == reference["data"] and train == reference["train"]
     return result
 
 
@@ -170,7 +174,9 @@ def test_digits_transfer_smoke(shared_data, tmp_path):
 @pytest.mark.filterwarnings("ignore")
 def test_cifar10_subset_smoke_with_k_ablation(shared_data, tmp_path):
     result = smoke("cifar10_subset", tmp_path / "c10")
-    assert [row["label"] for row in result["rows"]] == ["random_init", "none", "tasks", "tc2", "tc2 K=2", "tc2 K=8"]
+    labels = [row["label"] for row in result["rows"]]
+    assert labels[:-1] == ["random_init", "none", "tasks", "tc2", "gessl", "tc2 K=2", "tc2 K=8"]
+    assert labels[-1] == f"none batch={result['config']['train']['batch_size'] // 2}"   # GeSSL's task batch
     assert list(result["k_ablation"]) == ["2", "4", "8"]
     assert "k_curve.png" in result["plots"]
     k8 = yaml.safe_load((tmp_path / "c10" / "tc2_K8_seed0" / "config.yaml").read_text())
@@ -221,3 +227,12 @@ def test_random_init_row_is_the_untrained_start_of_the_pretraining(tmp_path):
     assert (run_dir / "config.yaml").is_file() and not (run_dir / "metrics.jsonl").exists()
     other = pretrain_backbone(dataclasses.replace(cfg, seed=4), data, ctx)[0].state_dict()
     assert not all(torch.equal(v, start[k]) for k, v in other.items())
+
+
+def test_gessl_rows_bring_the_baseline_at_the_task_batch():
+    from tc2ssl.benchmarks.suites import DEFAULT_PLUGINS, gessl_fairness_rows
+
+    base = config_mod.load_config((), ["train.batch_size=128", "plugin.gessl.n_batches=4"])
+    rows = gessl_fairness_rows(base, ["none", "gessl"])
+    assert [(r.label, r.plugin, r.overrides) for r in rows] == [("none batch=32", "none", ("train.batch_size=32",))]
+    assert gessl_fairness_rows(base, ["none", "tc2"]) == [] and "gessl" in DEFAULT_PLUGINS

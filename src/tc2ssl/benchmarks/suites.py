@@ -1,6 +1,6 @@
 """The benchmark suites of ``tc2ssl benchmark SUITE`` (D-BM-01; checks R4, R5, R5b, R6).
 
-Usage: ``tc2ssl benchmark [--preset smoke|cpu|paper] [--plugins none,tasks,tc2] [--seeds 0,1,2] SUITE
+Usage: ``tc2ssl benchmark [--preset smoke|cpu|paper] [--plugins none,tasks,tc2,gessl] [--seeds 0,1,2] SUITE
 [key=value ...] [suite.KEY=VALUE ...]`` (argparse takes the options before SUITE or after the overrides, not
 between them). ``key=value`` goes to the base config of every run (e.g. ``method.name=byol``); ``suite.KEY=VALUE``
 sets a suite option (see :mod:`tc2ssl.benchmarks.presets`).
@@ -55,7 +55,7 @@ from tc2ssl.train.checkpoint import atomic_write_text
 BASELINE = "none"
 #: the pseudo plug-in of ``--plugins``: the backbone at its seeded initialisation, evaluated without pretraining
 RANDOM_INIT = "random_init"
-DEFAULT_PLUGINS = (RANDOM_INIT, BASELINE, "tasks", "tc2")
+DEFAULT_PLUGINS = (RANDOM_INIT, BASELINE, "tasks", "tc2", "gessl")
 CONFIDENCE = 0.95
 TEST_SUBSET_SEED = 0
 
@@ -318,6 +318,17 @@ def k_ablation_rows(base: config_mod.RunConfig, plugins: list[str], options: dic
             if k != base.plugin.n_tasks]
 
 
+def gessl_fairness_rows(base: config_mod.RunConfig, plugins: list[str]) -> list[Row]:
+    """With a ``gessl`` row: the baseline at GeSSL's task size, ``none batch=N/M``. GeSSL splits each batch of N
+    images into M tasks, so the plain ``none`` row (batch N, equal images seen) is the baseline at batch M·(N/M);
+    this row is the baseline at GeSSL's own mini-batch, also at equal images seen (docs/gessl.md)."""
+    n_batches = base.plugin.gessl.n_batches
+    if "gessl" not in plugins or BASELINE not in plugins or n_batches < 2:
+        return []
+    task_batch = base.train.batch_size // n_batches
+    return [Row(f"none batch={task_batch}", BASELINE, (f"train.batch_size={task_batch}",))]
+
+
 def method_rows(base: config_mod.RunConfig, plugins: list[str], methods: list[str] | tuple[str, ...]) -> list[Row]:
     """Rows ``METHOD/PLUGIN`` for every method of ``methods`` other than the base config's (``--methods``)."""
     from tc2ssl.methods import METHODS
@@ -428,6 +439,7 @@ def run_benchmark(suite_name: str, preset_name: str = "cpu",
     out = Path(base.out)
     rows = [Row(p, BASELINE, untrained=True) if p == RANDOM_INIT else Row(p, p) for p in plugins]
     rows += suite.extra_rows(base, plugins, options) if suite.extra_rows else []
+    rows += gessl_fairness_rows(base, plugins)
     rows += method_rows(base, plugins, methods)
     run_cfgs = {(row.label, seed): config_mod.load_config((), [
         *base_overrides, f"plugin.name={row.plugin}", *row.overrides, f"seed={seed}",

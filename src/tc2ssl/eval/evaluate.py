@@ -16,6 +16,7 @@ from tc2ssl.errors import DataError
 from tc2ssl.eval.features import extract_features
 from tc2ssl.eval.knn import knn_predict
 from tc2ssl.eval.linear_probe import linear_probe
+from tc2ssl.gessl.sigma import sigma_ssl, sigma_task
 from tc2ssl.train.checkpoint import atomic_write_text
 
 
@@ -48,7 +49,7 @@ def probe_training_subset(train: ImageSet, max_train: int, seed: int) -> ImageSe
 
 
 def evaluate_backbone(backbone: nn.Module, train: ImageSet, test: ImageSet, cfg: EvalConfig,
-                      device: str | torch.device = "cpu", seed: int = 0) -> dict:
+                      device: str | torch.device = "cpu", seed: int = 0, view_maker=None) -> dict:
     """Linear probe and kNN accuracy of ``backbone``'s pooled features, trained on ``train``, tested on ``test``.
 
     Features are extracted once per set (eval mode, no augmentation). With ``cfg.max_train`` > 0 a seeded random
@@ -61,6 +62,11 @@ def evaluate_backbone(backbone: nn.Module, train: ImageSet, test: ImageSet, cfg:
     where "groups" ({group name: accuracy}) and "worst_group" (the lowest of them) appear when ``test.groups`` is
     set; the top-level ones are the linear probe's, the kNN's sit under "knn". ``knn.k`` is the k actually used
     (at most the number of training images).
+
+    "universality" holds GeSSL's σ-measurement and U = exp(−σ) (:mod:`tc2ssl.gessl.sigma`): ``sigma_task`` /
+    ``U_task``, the linear probe's test cross-entropy; with a ``view_maker`` (two augmented views per image) also
+    ``sigma_ssl`` / ``U_ssl`` on ``cfg.sigma_tasks`` held-out mini-batch tasks of the test images, π on the
+    backbone's pooled features at temperature ``cfg.sigma_temperature``.
     """
     for split, name in ((train, "training"), (test, "test")):
         if split.labels is None:
@@ -72,8 +78,10 @@ def evaluate_backbone(backbone: nn.Module, train: ImageSet, test: ImageSet, cfg:
     train_x = extract_features(backbone, train.images, cfg.batch_size, device)
     test_x = extract_features(backbone, test.images, cfg.batch_size, device)
     probe = linear_probe(train_x, train.labels, test_x, test.labels, cfg.probe_cs, val_fraction=cfg.val_fraction,
-                         max_iter=cfg.probe_max_iter, seed=seed, return_predictions=True)
+                         max_iter=cfg.probe_max_iter, seed=seed, return_predictions=True,
+                         return_probabilities=True)
     probe_predictions = torch.from_numpy(probe.pop("predictions"))
+    task_sigma = sigma_task(probe.pop("probabilities"), test.labels, probe.pop("classes"))
     knn_predictions = knn_predict(train_x.to(device), train.labels.to(device), test_x.to(device), k=cfg.knn_k,
                                   temperature=cfg.knn_temperature).cpu()
     knn = {
@@ -88,13 +96,31 @@ def evaluate_backbone(backbone: nn.Module, train: ImageSet, test: ImageSet, cfg:
         "n_test": len(test),
         "feature_dim": int(train_x.shape[1]),
         "dataset": test.name or train.name,
+        "universality": {"sigma_task": task_sigma["sigma"], "U_task": task_sigma["U"]},
     }
+    if view_maker is not None:
+        results["universality"].update(backbone_sigma_ssl(backbone, test.images, view_maker, cfg, device, seed))
     if test.groups is not None:
         results["groups"] = group_accuracies(probe_predictions, test.labels, test.groups, test.group_names)
         results["worst_group"] = min(results["groups"].values())
         knn["groups"] = group_accuracies(knn_predictions, test.labels, test.groups, test.group_names)
         knn["worst_group"] = min(knn["groups"].values())
     return results
+
+
+def backbone_sigma_ssl(backbone: nn.Module, images: torch.Tensor, view_maker, cfg: EvalConfig,
+                       device: str | torch.device = "cpu", seed: int = 0) -> dict[str, float]:
+    """GeSSL's σ_ssl and U_ssl of ``backbone``'s pooled features (eval mode, no autograd) on held-out mini-batch
+    tasks of ``images``; the backbone's mode is restored afterwards."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        found = sigma_ssl(lambda x: backbone(x.to(device)).float().cpu(), images, view_maker,
+                          n_tasks=cfg.sigma_tasks, task_size=cfg.sigma_task_size,
+                          temperature=cfg.sigma_temperature, seed=seed)
+    finally:
+        backbone.train(was_training)
+    return {"sigma_ssl": found["sigma"], "U_ssl": found["U"], "sigma_ssl_uninformative": found["sigma_uninformative"]}
 
 
 def named_results(results: dict) -> dict[str, dict]:

@@ -79,7 +79,7 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int) -> Pipeline:
 
 def linear_probe(train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, test_y: ArrayLike,
                  cs: list[float] | tuple[float, ...], val_fraction: float = 0.2, max_iter: int = 1000,
-                 seed: int = 0, return_predictions: bool = False) -> dict:
+                 seed: int = 0, return_predictions: bool = False, return_probabilities: bool = False) -> dict:
     """Test accuracy of a logistic regression on frozen features, C chosen on a validation split.
 
     Args:
@@ -90,6 +90,8 @@ def linear_probe(train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, test
         max_iter: L-BFGS iteration limit per fit.
         seed: seed of the validation split.
         return_predictions: also return the test predictions (int64 numpy array [M]) under "predictions".
+        return_probabilities: also return the test class probabilities (float64 [M, C]) under "probabilities"
+            and their column classes under "classes" (for GeSSL's σ_task, the probe's test cross-entropy).
 
     Returns:
         {"accuracy": test accuracy in [0, 1], "best_c": the chosen C, "val_accuracy": {C: validation accuracy}
@@ -126,4 +128,7 @@ def linear_probe(train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, test
     }
     if return_predictions:
         result["predictions"] = predictions.astype(np.int64)
+    if return_probabilities:
+        result["probabilities"] = model.predict_proba(test_x)
+        result["classes"] = model.classes_
     return result
