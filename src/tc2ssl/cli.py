@@ -12,6 +12,8 @@
                                                         the SPEC §9.2 checks R1-R6 with their verdicts)
     tc2ssl recheck BENCHMARK_DIR                        recompute a finished benchmark's checks, rewrite results.md
     tc2ssl evaluate RUN_DIR [eval.data=NAME ...]         linear probe + kNN of a trained encoder on any labelled data
+    tc2ssl export RUN_DIR [--format torchvision|timm|state_dict] [--out FILE]
+                                                        the encoder as a file plain torchvision / timm load
     tc2ssl config [-p PRESET ...] [key=value ...]       print the resolved config
     tc2ssl list                                         data sources, backbones, methods, plug-ins, presets
 
@@ -62,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a run's encoder (linear probe + kNN)")
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.data=usps")
+    p = sub.add_parser("export", help="write a run's encoder for plain torchvision / timm (or as a state_dict)")
+    p.add_argument("run_dir", help="a run folder, or its encoder.safetensors")
+    p.add_argument("--format", dest="fmt", default=None, choices=("torchvision", "timm", "state_dict"),
+                   help="default: the backbone's own library (state_dict for tc2ssl's own backbones)")
+    p.add_argument("--out", default=None, help="file to write (default: RUN_DIR/encoder_FORMAT.safetensors|.pt)")
     sub.add_parser("list", help="list data sources, backbones, methods, plug-ins and presets")
     return parser
 
@@ -151,6 +158,11 @@ def _dispatch(args) -> int:
         from tc2ssl.workflows import run_evaluate
 
         print(json.dumps(_summary(run_evaluate(args.run_dir, args.overrides)), indent=2))
+        return 0
+    if args.command == "export":
+        from tc2ssl.models.export import export_encoder_file
+
+        print(export_encoder_file(args.run_dir, args.fmt, args.out))
         return 0
     raise AssertionError(args.command)
 

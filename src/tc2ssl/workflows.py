@@ -13,6 +13,7 @@ from tc2ssl.data.base import DataSplits
 from tc2ssl.distributed import is_secondary_process
 from tc2ssl.errors import CheckpointError, DataError
 from tc2ssl.models import build_backbone
+from tc2ssl.models.export import backbone_state
 from tc2ssl.train.checkpoint import load_encoder_weights
 from tc2ssl.train.loop import load_run_config, pretrain
 
@@ -106,9 +107,7 @@ def load_backbone(run_dir: Path):
     run_cfg = load_run_config(run_dir)
     tensors, meta = load_encoder_weights(run_dir / "encoder.safetensors")
     backbone = build_backbone(run_cfg.model, int(meta["in_channels"]))
-    prefix = getattr(backbone, "export_prefix", "")
-    state = {prefix + k: v for k, v in tensors.items()}
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    missing, unexpected = backbone.load_state_dict(backbone_state(backbone, tensors), strict=False)
     if missing or unexpected:
         raise CheckpointError(f"encoder weights in {run_dir} do not fit backbone {run_cfg.model.backbone!r} "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -35,6 +35,7 @@ from tc2ssl.distributed import SINGLE_PROCESS, DistributedContext, launch_strate
 from tc2ssl.errors import CheckpointError, ConfigError, TC2SSLError, TrainingError
 from tc2ssl.methods import build_method
 from tc2ssl.models import build_backbone
+from tc2ssl.models.export import encoder_metadata
 from tc2ssl.plugins import build_plugin
 from tc2ssl.plugins.base import StepInfo
 from tc2ssl.train.checkpoint import (CHECKPOINT_NAME, atomic_write_text, export_encoder, load_checkpoint,
@@ -443,11 +444,9 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
             break
 
     if rank_zero:
-        export_encoder(out / "encoder.safetensors", method.backbone, {
-            "backbone": cfg.model.backbone, "in_channels": run.data.train.channels,
-            "resolution": run.data.train.resolution, "feat_dim": method.backbone.feat_dim,
-            "config": config_mod.to_dict(cfg),
-        })
+        export_encoder(out / "encoder.safetensors", method.backbone, encoder_metadata(
+            method.backbone, cfg.model.backbone, run.data.train.channels, run.data.train.resolution,
+            config_mod.to_dict(cfg)))
     dist.barrier()  # every process returns once the run folder is complete
     return out
 
