@@ -17,7 +17,8 @@ def result_of(suite: str, metrics: dict[str, dict[str, list[float]]], *, n_tasks
     labels = list(metrics)
     seeds = list(range(len(next(iter(next(iter(metrics.values())).values())))))
     runs = {label: {str(seed): {"metrics": {m: values[seed] for m, values in by_metric.items()},
-                                "run_dirs": [], "conflict": {}, "seconds": 1.0, **record_extra.get(label, {}).get(seed, {})}
+                                "run_dirs": [], "conflict": {}, "seconds": 1.0,
+                                **record_extra.get(label, {}).get(seed, {})}
                     for seed in seeds} for label, by_metric in metrics.items()}
     return {"suite": suite, "seeds": seeds, "primary": primary, "metrics": list(next(iter(metrics.values()))),
             "rows": rows or [{"label": label, "plugin": label, "overrides": []} for label in labels],
@@ -163,7 +164,8 @@ def test_r6_shape_and_guards(tmp_path):
              for label in ("none", "tc2", "tc2 K=2", "tc2 K=8", "tc2 K=16")}
     check = check_r6(k_result({2: 0.5, 4: 0.55, 8: 0.54, 16: 0.50}, extra))
     assert criterion(check, "without NaN").passed is True
-    assert criterion(check, "guards").passed is False and "3 warning(s) over 12 runs" in criterion(check, "guards").measured
+    guards = criterion(check, "guards")
+    assert guards.passed is False and "3 warning(s) over 12 runs" in guards.measured
     assert check.verdict.startswith("FAIL (hard)")
     partial = k_result({2: 0.5, 4: 0.55})
     partial["config"]["train"]["batch_size"] = 128
@@ -235,8 +237,9 @@ def test_r7_thresholds(tmp_path, change, failing):
     assert failed == ([] if failing is None else [next(c.name for c in check.criteria if failing in c.name)])
     end = change.get("lv_ratio", 1.1)
     assert criterion(check, "1.5 from epoch 1").measured == f"{min(1.4, end):.3g}–{max(1.4, end):.3g}"
-    assert check_r7(result_of("colored_mnist", {"none": {"average": [0.7], "worst_group": [0.1]},
-                                                "tc2": {"average": [0.7], "worst_group": [0.1]}})).verdict == "n/a (hard)"
+    equal = result_of("colored_mnist", {"none": {"average": [0.7], "worst_group": [0.1]},
+                                        "tc2": {"average": [0.7], "worst_group": [0.1]}})
+    assert check_r7(equal).verdict == "n/a (hard)"
 
 
 def test_r8_gain_rate_is_averaged_over_training(tmp_path):
