@@ -165,6 +165,12 @@ class TrainConfig:
     threads: int = bounded(0, 0, help="torch CPU threads (0 = leave as is)")
     deterministic: bool = field(default=False, metadata={
         "help": "deterministic kernels (torch.use_deterministic_algorithms, cuDNN); slower on a GPU"})
+    loggers: list[str] = field(default_factory=list, metadata={
+        "help": "Fabric loggers beside metrics.jsonl: csv, tensorboard, wandb (tc2ssl.train.monitor)"})
+    online_probe: bool = field(default=False, metadata={
+        "help": "train a linear probe on detached features every step; its accuracy is logged per epoch"})
+    knn_monitor_every: int = bounded(0, 0, help="kNN accuracy of the features every this many epochs (0 = off)")
+    monitor_images: int = bounded(1000, 2, help="images in the online probe's / kNN monitor's fixed subsets")
 
 
 @dataclass
@@ -365,6 +371,9 @@ def validate(cfg: RunConfig) -> None:
     if cfg.train.precision == "16-mixed" and not getattr(registries["plugin"].get(p.name), "supports_loss_scaling",
                                                           False):
         raise ConfigError(unscalable_plugin_message(p.name))
+    from tc2ssl.train.monitor import check_monitor_config
+
+    check_monitor_config(cfg.train)
     if cfg.train.devices > 1:
         from tc2ssl.distributed import check_config
 

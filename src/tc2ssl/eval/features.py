@@ -40,13 +40,14 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, batch_size: int 
     device = torch.device(device)
     was_training = backbone.training
     original_device = _module_device(backbone)
+    dtype = next((p.dtype for p in backbone.parameters() if p.is_floating_point()), torch.float32)
     backbone.eval()
     if original_device is not None and original_device != device:
         backbone.to(device)
     try:
         chunks = []
         for start in range(0, images.shape[0], batch_size):
-            batch = to_unit(images[start:start + batch_size].to(device))
+            batch = to_unit(images[start:start + batch_size].to(device)).to(dtype)   # float64 backbones too
             feats = backbone(batch)
             if feats.dim() != 2 or feats.shape[0] != batch.shape[0]:
                 raise ValueError(f"backbone must return pooled features [N, D]; for a batch of {batch.shape[0]} "

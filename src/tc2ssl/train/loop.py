@@ -40,13 +40,16 @@ from tc2ssl.plugins import build_plugin
 from tc2ssl.plugins.base import StepInfo
 from tc2ssl.train.checkpoint import (CHECKPOINT_NAME, atomic_write_text, export_encoder, load_checkpoint,
                                      save_checkpoint)
+from tc2ssl.train.monitor import TrainingMonitor
 from tc2ssl.train.schedule import build_optimizer, build_scheduler
 
 # keys that may differ between the run that wrote a checkpoint and the run that resumes it
 RESUME_FREE_KEYS = {"train.resume", "train.progress", "train.max_steps", "train.log_every", "train.threads", "eval",
                     "out",
                     # the global batch makes a run independent of the number of processes (tc2ssl.distributed)
-                    "train.devices", "train.strategy"}
+                    "train.devices", "train.strategy",
+                    # what the run shows while it trains (tc2ssl.train.monitor), not what it trains
+                    "train.loggers", "train.online_probe", "train.knn_monitor_every", "train.monitor_images"}
 
 
 @dataclass
@@ -370,6 +373,7 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
                 stale.unlink()
     if rank_zero:
         atomic_write_text(out / "config.yaml", config_mod.to_yaml(cfg))
+    monitor = TrainingMonitor(cfg, method.backbone, run.data, out, device, active=rank_zero)
     dist.barrier()
     plugin_state = [*plugin.parameters(), *plugin.buffers()]  # TC²'s f_v, f_w: stage 1 runs in every process
 
@@ -408,6 +412,7 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
                 dist.broadcast_(plugin_state)   # rank 0's stage-1 result: nondeterministic kernels cannot drift
             global_step += 1
             method.after_step(global_step / max(1, total_steps))
+            monitor.on_step(order[b * batch:(b + 1) * batch])
             epoch_losses.append(loss)
             images_since_log += images.shape[0]
             if progress is not None:
@@ -424,6 +429,7 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
                     record = {"kind": "step", "epoch": epoch, "step": global_step - 1,
                               "lr": lr, "images_per_s": ips, **_floats(metrics)}
                     metrics_log.write(record)
+                    monitor.log_step(record, global_step - 1)
         if progress is not None:
             progress.close()
         if stop_at is not None and global_step >= stop_at and len(epoch_losses) < steps_per_epoch:
@@ -432,8 +438,10 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
         epoch_record = {"kind": "epoch", "epoch": epoch, "step": global_step,
                         "loss": sum(torch.stack(epoch_losses).tolist()) / len(epoch_losses) if epoch_losses else 0.0,
                         "seconds": time.perf_counter() - t_epoch, **plugin.epoch_summary(epoch)}
+        epoch_record.update(monitor.end_epoch(epoch))
         if rank_zero:
             metrics_log.write(epoch_record)
+            monitor.log_epoch(epoch_record, global_step)
             save_checkpoint(ckpt_path, {
                 "config": config_mod.to_dict(cfg), "epoch": epoch, "global_step": global_step,
                 "method": method.state_dict(), "plugin": plugin.state_dict(), "plugin_extra": plugin.extra_state(),
@@ -443,6 +451,7 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
         if stop_at is not None and global_step >= stop_at:
             break
 
+    monitor.close()
     if rank_zero:
         export_encoder(out / "encoder.safetensors", method.backbone, encoder_metadata(
             method.backbone, cfg.model.backbone, run.data.train.channels, run.data.train.resolution,
