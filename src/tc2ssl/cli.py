@@ -11,7 +11,9 @@
                                                         cifar10_subset (results.md: mean ± std, paired CIs,
                                                         the SPEC §9.2 checks R1-R6 with their verdicts)
     tc2ssl recheck BENCHMARK_DIR                        recompute a finished benchmark's checks, rewrite results.md
-    tc2ssl evaluate RUN_DIR [eval.data=NAME ...]         linear probe + kNN of a trained encoder on any labelled data
+    tc2ssl evaluate RUN_DIR [--protocol linear,knn,fewshot,semisup,finetune,layers] [eval.data=NAME ...]
+                                                        evaluate a trained encoder on any labelled data (default:
+                                                        linear probe + kNN)
     tc2ssl export RUN_DIR [--format torchvision|timm|state_dict] [--out FILE]
                                                         the encoder as a file plain torchvision / timm load
     tc2ssl config [-p PRESET ...] [key=value ...]       print the resolved config
@@ -61,8 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recheck", help="recompute the SPEC §9.2 checks of a finished benchmark and rewrite its "
                        "results.json / results.md")
     p.add_argument("benchmark_dir", help="the benchmark's output folder (holding results.json)")
-    p = sub.add_parser("evaluate", help="evaluate a run's encoder (linear probe + kNN)")
+    p = sub.add_parser("evaluate", help="evaluate a run's encoder (default: linear probe + kNN)")
     p.add_argument("run_dir")
+    p.add_argument("--protocol", default=None,
+                   help="comma-separated: linear, knn, fewshot, semisup, finetune, layers (default: linear probe + "
+                   "kNN, as eval.json); results go to RUN_DIR/eval_DATA_PROTOCOL.json and .md")
     p.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.data=usps")
     p = sub.add_parser("export", help="write a run's encoder for plain torchvision / timm (or as a state_dict)")
     p.add_argument("run_dir", help="a run folder, or its encoder.safetensors")
@@ -157,6 +162,13 @@ def _dispatch(args) -> int:
     if args.command == "evaluate":
         from tc2ssl.workflows import run_evaluate
 
+        if args.protocol is not None:
+            from tc2ssl.eval.protocols import parse_protocols, protocol_table
+
+            by_protocol = run_evaluate(args.run_dir, args.overrides, parse_protocols(args.protocol))
+            for protocol, rows in by_protocol.items():
+                print(f"## {protocol}\n\n{protocol_table(protocol, rows)}")
+            return 0
         print(json.dumps(_summary(run_evaluate(args.run_dir, args.overrides)), indent=2))
         return 0
     if args.command == "export":

@@ -186,6 +186,22 @@ class EvalConfig:
     max_train: int = bounded(0, 0, help="subsample the probe's training set (0 = all)")
     batch_size: int = bounded(512, 1)
     random_init_baseline: bool = field(default=True, metadata={"help": "also probe the same backbone at random init"})
+    # the protocols of `tc2ssl evaluate --protocol` (tc2ssl.eval.protocols)
+    fewshot_ways: int = bounded(5, 2, help="N of N-way K-shot episodes")
+    fewshot_shots: list[int] = field(default_factory=lambda: [1, 5], metadata={"help": "K values of the episodes"})
+    fewshot_queries: int = bounded(15, 1, help="query images per class and episode")
+    fewshot_episodes: int = bounded(600, 1)
+    semisup_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1],
+                                           metadata={"help": "labelled fractions of the training split"})
+    finetune_epochs: int = bounded(30, 1)
+    finetune_lr: float = bounded(1e-3, 0.0, low_open=True)
+    finetune_batch_size: int = bounded(128, 2)
+    finetune_weight_decay: float = bounded(1e-4, 0.0)
+    finetune_patience: int = bounded(5, 1, help="epochs without a better validation accuracy before stopping")
+    finetune_min_steps: int = bounded(300, 0, help="at least this many optimiser steps (more epochs on small sets)")
+    finetune_augment: str = field(default="auto", metadata={
+        "help": "augmentation while fine-tuning: auto (the data's pretraining preset), none, digits, cifar, imagenet"})
+    layer_taps: list[str] = field(default_factory=list, metadata={"help": "taps for per-layer probes (empty = all)"})
 
 
 @dataclass
@@ -371,9 +387,11 @@ def validate(cfg: RunConfig) -> None:
     if cfg.train.precision == "16-mixed" and not getattr(registries["plugin"].get(p.name), "supports_loss_scaling",
                                                           False):
         raise ConfigError(unscalable_plugin_message(p.name))
+    from tc2ssl.eval.protocols import check_protocol_config
     from tc2ssl.train.monitor import check_monitor_config
 
     check_monitor_config(cfg.train)
+    check_protocol_config(cfg.eval)
     if cfg.train.devices > 1:
         from tc2ssl.distributed import check_config
 

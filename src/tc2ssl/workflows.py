@@ -114,8 +114,11 @@ def load_backbone(run_dir: Path):
     return backbone, meta
 
 
-def run_evaluate(run_dir: Path, overrides: list[str]) -> dict:
-    """Evaluate a run's encoder on ``eval.data`` (default: its pretraining data); write ``eval_<data>.json``."""
+def run_evaluate(run_dir: Path, overrides: list[str], protocols: list[str] | None = None) -> dict:
+    """Evaluate a run's encoder on ``eval.data`` (default: its pretraining data); write ``eval_<data>.json``.
+
+    With ``protocols`` (names of :mod:`tc2ssl.eval.protocols`), run those instead and write
+    ``eval_<data>_<protocol>.json`` / ``.md``; returns ``{protocol: {model: result}}``."""
     from tc2ssl.eval.evaluate import write_results
 
     run_dir = Path(run_dir)
@@ -133,6 +136,15 @@ def run_evaluate(run_dir: Path, overrides: list[str]) -> dict:
     channels, resolution = int(meta["in_channels"]), int(meta["resolution"])
     name = cfg.eval.data or cfg.data.name
     splits = load_eval_splits(cfg, channels, resolution, name, cfg.eval.root)
+    if protocols is not None:
+        from tc2ssl.eval.protocols import evaluate_protocols, write_protocol_results
+
+        backbones = {"pretrained": backbone}
+        if cfg.eval.random_init_baseline:
+            backbones["random_init"] = random_init_backbone(cfg, channels)
+        by_protocol = evaluate_protocols(backbones, splits, cfg, protocols, torch.device("cpu"))
+        write_protocol_results(by_protocol, run_dir, stem=f"eval_{name}")
+        return by_protocol
     results = {"pretrained": evaluate_encoder(backbone, cfg, splits, torch.device("cpu"))}
     if cfg.eval.random_init_baseline:
         results["random_init"] = evaluate_encoder(random_init_backbone(cfg, channels), cfg, splits,
