@@ -11,7 +11,7 @@
                                                         cifar10_subset (results.md: mean ± std, paired CIs,
                                                         the SPEC §9.2 checks R1-R6 with their verdicts)
     tc2ssl recheck BENCHMARK_DIR                        recompute a finished benchmark's checks, rewrite results.md
-    tc2ssl evaluate RUN_DIR [--protocol linear,knn,fewshot,semisup,finetune,layers] [eval.data=NAME ...]
+    tc2ssl evaluate [--protocol linear,knn,fewshot,semisup,finetune,layers] RUN_DIR [eval.data=NAME ...]
                                                         evaluate a trained encoder on any labelled data (default:
                                                         linear probe + kNN)
     tc2ssl export RUN_DIR [--format torchvision|timm|state_dict] [--out FILE]
@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--protocol", default=None,
                    help="comma-separated: linear, knn, fewshot, semisup, finetune, layers (default: linear probe + "
-                   "kNN, as eval.json); results go to RUN_DIR/eval_DATA_PROTOCOL.json and .md")
+                   "kNN, as eval.json); results go to RUN_DIR/eval_DATA_PROTOCOL.json and .md. Give it before "
+                   "RUN_DIR or after the eval.* overrides")
     p.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.data=usps")
     p = sub.add_parser("export", help="write a run's encoder for plain torchvision / timm (or as a state_dict)")
     p.add_argument("run_dir", help="a run folder, or its encoder.safetensors")
