@@ -45,8 +45,9 @@ class DataConfig:
     download: bool = True
     max_train: int = bounded(0, 0, help="keep at most this many training images (0 = all)")
     val_fraction: float = bounded(0.2, 0.0, 0.9)
-    augment: str = choice("auto", ("auto", "digits", "cifar", "imagenet", "none"),
-                          help="view augmentation preset; auto picks one from the data source")
+    augment: str = choice("auto", ("auto", "digits", "cifar", "imagenet", "none", "byol"),
+                          help="view augmentation preset; auto picks one from the data source; byol = BYOL's "
+                               "asymmetric recipe (odd views blurred always, even views solarised with p = 0.2)")
     crop_mode: str = choice("auto", ("auto", "slice", "resample"),
                             help="random-resized-crop implementation: slice = a Python loop over views (kornia's "
                                  "default), resample = one batched warp (the same views up to float rounding); "
