@@ -47,7 +47,8 @@ class DataConfig:
     val_fraction: float = bounded(0.2, 0.0, 0.9)
     augment: str = choice("auto", ("auto", "digits", "cifar", "imagenet", "none", "byol"),
                           help="view augmentation preset; auto picks one from the data source; byol = BYOL's "
-                               "asymmetric recipe (views 0, 2, ... always blurred; views 1, 3, ... solarised with p = 0.2)")
+                               "asymmetric recipe (views 0, 2, ... always blurred; views 1, 3, ... solarised with "
+                               "p = 0.2)")
     crop_mode: str = choice("auto", ("auto", "slice", "resample"),
                             help="random-resized-crop implementation: slice = a Python loop over views (kornia's "
                                  "default), resample = one batched warp (the same views up to float rounding); "
