@@ -106,6 +106,9 @@ def _dispatch(args) -> int:
         print("methods:      " + ", ".join(METHODS.names()))
         print("plug-ins:     " + ", ".join(PLUGINS.names()))
         print("presets:      " + ", ".join(sorted(p.stem for p in config_mod.PRESET_DIR.glob("*.yaml"))))
+        from tc2ssl.eval.protocols import PROTOCOLS
+
+        print("protocols:    " + ", ".join(PROTOCOLS) + " (tc2ssl evaluate --protocol)")
         return 0
     if args.command == "config":
         print(config_mod.to_yaml(config_mod.load_config(args.preset, args.overrides)), end="")
