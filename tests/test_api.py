@@ -30,7 +30,7 @@ def test_tc2_step_in_a_user_loop_sets_encoder_grads_and_updates_calibrators():
 def test_plus_t_and_validation():
     method = api.ssl_method("simclr", encoder(), feat_dim=8, proj_output_dim=8)
     plus_t = api.TC2Step(method, image_size=8, channels=1, plugin="tasks", augment="none", n_tasks=2, n_views=3)
-    assert not hasattr(plus_t.plugin, "factor_net")
+    assert getattr(plus_t.plugin, "calibrator", None) is None
     with pytest.raises(ConfigError, match="feat_dim"):
         api.ssl_method("simclr", encoder())
     with pytest.raises(ConfigError, match="plugin.n_tasks"):

@@ -76,3 +76,51 @@ def test_cross_key_rules_accept_what_is_valid():
         load_config(["mae"], ["method.patch_size=8"])
     with pytest.raises(ConfigError, match=r"plugin.n_support_views=1 is too small for method.name=byol"):
         load_config((), ["plugin.name=tc2", "method.name=byol", "plugin.n_support_views=1"])
+
+
+@pytest.mark.parametrize("key", ["plugin.task_context=true", "plugin.split=sample", "data.num_workers=2"])
+def test_removed_keys_are_config_errors_that_say_so(key):
+    with pytest.raises(ConfigError, match=f"{key.split('=')[0]} was removed"):
+        load_config((), [key])
+
+
+def test_a_run_config_written_with_removed_keys_still_loads():
+    old = to_dict(load_config())
+    old["plugin"]["task_context"], old["plugin"]["split"], old["data"]["num_workers"] = False, "view", 0
+    assert to_dict(from_dict(old)) == to_dict(load_config())
+
+
+def test_load_config_can_start_from_a_finished_runs_config():
+    base = load_config((), ["train.epochs=3", "plugin.name=tc2"])
+    cfg = load_config((), ["plugin.name=tasks"], base=base)
+    assert (cfg.train.epochs, cfg.plugin.name) == (3, "tasks") and base.plugin.name == "tc2"
+
+
+def test_a_plugin_config_block_is_parsed_validated_and_round_trips(monkeypatch):
+    """The mechanism a new plug-in uses for ``plugin.<name>.*`` (a dataclass field of PluginConfig)."""
+    import dataclasses
+
+    from tc2ssl import config
+    from tc2ssl.config_fields import bounded, choice
+
+    @dataclasses.dataclass
+    class ExampleBlock:
+        width: int = bounded(8, 1)
+        mode: str = choice("fast", ("fast", "exact"))
+
+    @dataclasses.dataclass
+    class PluginWithBlock(config.PluginConfig):
+        example: ExampleBlock = dataclasses.field(default_factory=ExampleBlock)
+
+    @dataclasses.dataclass
+    class RunWithBlock(config.RunConfig):
+        plugin: PluginWithBlock = dataclasses.field(default_factory=PluginWithBlock)
+
+    monkeypatch.setattr(config, "RunConfig", RunWithBlock)
+    cfg = load_config((), ["plugin.example.width=3"])
+    assert cfg.plugin.example.width == 3 and cfg.plugin.example.mode == "fast"
+    assert from_dict(to_dict(cfg)).plugin.example.width == 3
+    with pytest.raises(ConfigError, match="plugin.example.mode='slow' is not allowed; valid values: fast, exact"):
+        load_config((), ["plugin.example.mode=slow"])
+    with pytest.raises(ConfigError, match="plugin.example.width=0 is out of range"):
+        load_config((), ["plugin.example.width=0"])

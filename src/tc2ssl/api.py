@@ -9,8 +9,8 @@
         metrics = tc2(images)                 # stage 1 updates f_v/f_w; stage 2 leaves grads on the encoder
         opt.step(); method.after_step(progress)
 
-Downstream, use ``my_backbone`` exactly as for the baseline: f_v and f_w are training-time only. A run folder's
-encoder loads as a plain torchvision / timm module with the input transform it expects:
+Downstream, use ``my_backbone`` exactly as for the baseline (D-TC-20): f_v and f_w are training-time only. A run
+folder's encoder loads as a plain torchvision / timm module with the input transform it expects:
 
     encoder, transform = tc2ssl.load_encoder("runs/default")     # or the run's encoder.safetensors
     features = encoder(transform(uint8_images))                  # [N, feat_dim]

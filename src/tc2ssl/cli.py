@@ -9,7 +9,7 @@
                      [--methods byol,...] [key=value ...]
                                                         transfer / OOD suites: pacs, colored_mnist, digits_transfer,
                                                         cifar10_subset (results.md: mean ± std, paired CIs,
-                                                        the SPEC §9.2 checks R1-R6 with their verdicts)
+                                                        the checks (docs/decisions.md) R1-R6 with their verdicts)
     tc2ssl recheck BENCHMARK_DIR                        recompute a finished benchmark's checks, rewrite results.md
     tc2ssl evaluate [--protocol linear,knn,fewshot,semisup,finetune,layers] RUN_DIR [eval.data=NAME ...]
                                                         evaluate a trained encoder on any labelled data (default:
@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-p", "--preset", action="append", default=[],
                        help="preset name (see `tc2ssl list`) or YAML file; repeatable, later ones win")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 plugin.name=tc2")
+    p = sub.add_parser("posthoc", help="fine-tune a finished run with a plug-in, from its weights and config")
+    p.add_argument("run_dir", help="a finished run folder (holding config.yaml and checkpoint.pt)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. plugin.name=tc2 train.epochs=2")
     p = sub.add_parser("compare", help="pretrain the same config once per plug-in and compare them in one report")
     p.add_argument("-p", "--preset", action="append", default=[])
     p.add_argument("--plugins", default="none,tc2", help="comma-separated plug-in names (default: none,tc2)")
@@ -60,8 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="", help="further SSL methods, comma-separated: rows METHOD/PLUGIN for "
                    "every plug-in, paired with METHOD/none (the base method.name keeps the plain rows)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides and suite.KEY=VALUE suite options")
-    p = sub.add_parser("recheck", help="recompute the SPEC §9.2 checks of a finished benchmark and rewrite its "
-                       "results.json / results.md")
+    p = sub.add_parser("recheck", help="recompute the checks (docs/decisions.md) of a finished benchmark and "
+                       "rewrite its results.json / results.md")
     p.add_argument("benchmark_dir", help="the benchmark's output folder (holding results.json)")
     p = sub.add_parser("evaluate", help="evaluate a run's encoder (default: linear probe + kNN)")
     p.add_argument("run_dir")
@@ -121,14 +124,17 @@ def _dispatch(args) -> int:
         if results:
             print(json.dumps(_summary(results), indent=2))
         return 0
+    if args.command == "posthoc":
+        from tc2ssl.workflows import run_posthoc
+
+        results = run_posthoc(args.run_dir, args.overrides)
+        if results:
+            print(json.dumps(_summary(results), indent=2))
+        return 0
     if args.command == "compare":
         from tc2ssl.workflows import run_compare
 
-        cfg = config_mod.load_config(args.preset, args.overrides)
-        plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
-        for name in plugins:
-            config_mod.load_config(args.preset, [*args.overrides, f"plugin.name={name}"])  # validate before work
-        _check_one_run_per_launch(cfg, "compare")
+        cfg, plugins = _config_per_plugin(args, "compare")
         rows = run_compare(cfg, plugins)
         print(json.dumps({k: {"linear_probe": v["linear_probe"]["accuracy"], "knn": v["knn"]["accuracy"]}
                           for k, v in rows.items()}, indent=2))
@@ -136,11 +142,7 @@ def _dispatch(args) -> int:
     if args.command == "figure1":
         from tc2ssl.diagnostics.figure1 import run_figure1
 
-        cfg = config_mod.load_config(args.preset, args.overrides)
-        plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
-        for name in plugins:
-            config_mod.load_config(args.preset, [*args.overrides, f"plugin.name={name}"])  # validate before work
-        _check_one_run_per_launch(cfg, "figure1")
+        cfg, plugins = _config_per_plugin(args, "figure1")
         try:
             seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
         except ValueError:
@@ -181,6 +183,19 @@ def _dispatch(args) -> int:
         print(export_encoder_file(args.run_dir, args.fmt, args.out))
         return 0
     raise AssertionError(args.command)
+
+
+def _config_per_plugin(args, command: str):
+    """The config of a command that runs once per ``--plugins`` entry, and the plug-in names; every plug-in's
+    config is validated before any work starts."""
+    from tc2ssl import config as config_mod
+
+    cfg = config_mod.load_config(args.preset, args.overrides)
+    plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
+    for name in plugins:
+        config_mod.load_config(args.preset, [*args.overrides, f"plugin.name={name}"])
+    _check_one_run_per_launch(cfg, command)
+    return cfg, plugins
 
 
 def _check_one_run_per_launch(cfg, command: str) -> None:

@@ -5,8 +5,9 @@ Unknown keys and ill-typed values are rejected by OmegaConf; values outside a fi
 by :func:`validate`. Both raise :class:`ConfigError` naming the key and the allowed values, before any work
 starts.
 
-Every [CHOICE] of ../shared/SPEC.md is a field here with the spec's default; the ``literal`` preset switches to
-the paper-literal readings.
+Every design choice the papers leave open is a field here with our default (docs/decisions.md lists them); the
+``literal`` preset switches to the paper-literal readings. A plug-in validates its own cross-field constraints
+(``Plugin.check_config``) and may own a config block ``plugin.<name>.*`` (see :class:`PluginConfig`).
 """
 from __future__ import annotations
 
@@ -18,30 +19,22 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from tc2ssl.config_fields import bounded, choice
 from tc2ssl.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
-def choice(default: Any, choices: tuple, help: str = "") -> Any:
-    """A field whose value must be one of ``choices``."""
-    return field(default=default, metadata={"choices": choices, "help": help})
-
-
-def bounded(default: Any, low: float | None = None, high: float | None = None, help: str = "",
-            low_open: bool = False) -> Any:
-    """A numeric field with inclusive bounds (``low_open``: the lower bound is exclusive)."""
-    return field(default=default, metadata={"low": low, "high": high, "low_open": low_open, "help": help})
-
-
 @dataclass
 class DataConfig:
     name: str = field(default="digits", metadata={"registry": "data", "help": "data source"})
-    root: Optional[str] = field(default=None, metadata={"help": "folder or file; shared sets default to $TC2SSL_DATA or ../shared/data"})
+    root: Optional[str] = field(default=None, metadata={
+        "help": "folder or file; shared sets default to $TC2SSL_DATA or ../shared/data"})
     resolution: int = bounded(0, 0, 1024, help="side length images are resized to; 0 = the source's default")
     channels: int = choice(0, (0, 1, 3), help="0 = the source's native channels")
     domains: list[str] = field(default_factory=list, metadata={"help": "PACS domains to train on (empty = all)"})
-    test_domains: list[str] = field(default_factory=list, metadata={"help": "PACS domains for the test split (empty = all four)"})
+    test_domains: list[str] = field(default_factory=list, metadata={
+        "help": "PACS domains for the test split (empty = all four)"})
     download: bool = True
     max_train: int = bounded(0, 0, help="keep at most this many training images (0 = all)")
     val_fraction: float = bounded(0.2, 0.0, 0.9)
@@ -53,13 +46,13 @@ class DataConfig:
                             help="random-resized-crop implementation: slice = a Python loop over views (kornia's "
                                  "default), resample = one batched warp (the same views up to float rounding); "
                                  "auto = resample on CUDA, slice elsewhere")
-    num_workers: int = bounded(0, 0, 64)
 
 
 @dataclass
 class ModelConfig:
     backbone: str = field(default="small_cnn", metadata={"registry": "backbone", "help": "backbone name, or timm:NAME"})
-    cifar_stem: bool = field(default=True, metadata={"help": "ResNet: 3x3 stride-1 stem without max-pool (small images)"})
+    cifar_stem: bool = field(default=True, metadata={
+        "help": "ResNet: 3x3 stride-1 stem without max-pool (small images)"})
     widths: list[int] = field(default_factory=lambda: [32, 64, 128, 128],
                               metadata={"help": "small_cnn widths (small_cnn_tiny's are fixed at 16-32-64-64)"})
     pretrained: bool = False
@@ -85,7 +78,19 @@ class MethodConfig:
 
 @dataclass
 class PluginConfig:
-    """TC² ('tc2'), its '+T' ablation ('tasks'), or 'none'. Field names follow SPEC §3.12."""
+    """``plugin.*``: which plug-in trains the encoder, and the keys of the built-in plug-ins.
+
+    Who reads what: ``none`` reads the ``conflict_*`` keys; the bi-level task step (``tasks``, and ``tc2`` which
+    extends it) reads the task keys (``n_tasks`` .. ``remainder``, ``beta1``, ``stage2_mode``, ``fd_radius``,
+    ``task_reduction``, ``query_loss``, ``bilevel``, ``plus_t_mode``, ``conflict_*``, ``health_every``,
+    ``share_support_forward``); ``tc2`` also reads the calibrator keys (``n_factors`` .. ``stage1_*``,
+    ``calibration`` .. ``gate_bias_init``). These flat keys are kept where they have always been so that
+    presets, run folders and scripts keep working.
+
+    A new plug-in owns a block ``plugin.<its name>.*``: a dataclass with its keys (fields made with
+    ``tc2ssl.config_fields.choice`` / ``bounded``), added below as one field, and ``config_block = "<its name>"``
+    on the plug-in class (``docs/architecture.md``, "How to add a plug-in").
+    """
 
     name: str = field(default="none", metadata={"registry": "plugin"})
     n_tasks: int = bounded(4, 1, help="K: tasks per batch")
@@ -96,7 +101,8 @@ class PluginConfig:
     stage1_ssl_weight: float = bounded(1.0, 0.0, help="weight of the SSL term (1/K)Σ_k L in the stage-1 objectives "
                                        "of Eqs. 4-5 (1 = the paper; an ablation knob)")
     l1_coef: float = bounded(0.05, 0.0, help="coefficient of ||W||_1 in Eq. 2 (literal: 1)")
-    alpha1: float = bounded(1e-2, 0.0, help="α₁..α₄: plain-SGD steps of stage 1 (Eqs. 4-5) for f_v (α₁, α₃) and f_w (α₂, α₄)")
+    alpha1: float = bounded(1e-2, 0.0,
+                            help="α₁..α₄: plain-SGD steps of stage 1 (Eqs. 4-5) for f_v (α₁, α₃) and f_w (α₂, α₄)")
     alpha2: float = bounded(1e-2, 0.0)
     alpha3: float = bounded(1e-2, 0.0)
     alpha4: float = bounded(1e-2, 0.0)
@@ -111,18 +117,16 @@ class PluginConfig:
     task_reduction: str = choice("mean", ("mean", "sum"), help="Eq. 7: mean over tasks, or the literal sum")
     reduction: str = choice("mean", ("mean", "sum"), help="Eqs. 1-2: per-row mean, or the literal sum")
     weight_mode: str = choice("gated", ("gated", "free"))
-    task_context: bool = False
     input_norm: str = choice("auto", ("auto", "l2", "rms", "none"),
                              help="auto: l2 for cosine methods, rms (scale-equivariant) otherwise")
     detach_v_in_lw: bool = True
-    lw_rows: str = choice("split", ("split", "all"), help="AMB-TC-15: L_w on support/query rows, or all rows")
+    lw_rows: str = choice("split", ("split", "all"), help="L_w on support/query rows, or all rows (D-TC-15)")
     query_loss: str = choice("default", ("default", "native", "proto_mse"))
     calibration: bool = True
     use_loss_v: bool = True
     use_loss_w: bool = True
     bilevel: bool = True
     plus_t_mode: str = choice("bilevel", ("bilevel", "joint"))
-    split: str = choice("view", ("view", "sample"))
     remainder: str = choice("drop", ("drop", "error"), help="batch size not divisible by n_tasks")
     factor_hidden: int = bounded(64, 1)
     factor_init: str = choice("random", ("random", "pca"),
@@ -161,6 +165,8 @@ class TrainConfig:
                             help="64-true: float64 everywhere (slow; for exactness checks, e.g. the DDP test)")
     channels_last: bool = False
     resume: bool = False
+    init_from: Optional[str] = field(default=None, metadata={
+        "help": "a finished run folder whose weights this run starts from (post hoc: `tc2ssl posthoc RUN_DIR`)"})
     max_steps: int = bounded(0, 0, help="stop after this many steps in total (0 = no limit; for tests)")
     log_every: int = bounded(10, 1)
     progress: bool = True
@@ -178,7 +184,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     enabled: bool = True
-    data: Optional[str] = field(default=None, metadata={"help": "labelled dataset to evaluate on (default: the pretraining data)"})
+    data: Optional[str] = field(default=None, metadata={
+        "help": "labelled dataset to evaluate on (default: the pretraining data)"})
     root: Optional[str] = None
     knn_k: int = bounded(20, 1)
     knn_temperature: float = bounded(0.07, 0.0, low_open=True)
@@ -239,16 +246,53 @@ def preset_path(name: str) -> Path:
     return candidate
 
 
-def load_config(presets: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Defaults <- presets <- ``key=value`` overrides, validated. Returns a plain :class:`RunConfig`."""
-    cfg = OmegaConf.structured(RunConfig)
+#: keys that older versions had, with what replaced them: an override or preset naming one is an error that says
+#: so; a run folder written by an older version (``from_dict``) still loads, the key dropped
+REMOVED_KEYS = {
+    "data.num_workers": "the data are in-memory tensors and no DataLoader workers exist; remove the key",
+    "plugin.split": "the task split is always by view (each image's views go to support and query); remove the key",
+    "plugin.task_context": "f_w never sees a task context (docs/decisions.md D-TC-03); remove the key",
+}
+
+
+def _check_removed(key: str) -> None:
+    if key in REMOVED_KEYS:
+        raise ConfigError(f"{key} was removed: {REMOVED_KEYS[key]}")
+
+
+def _drop_removed(data: dict) -> dict:
+    """``data`` without the keys of :data:`REMOVED_KEYS` (an older run folder's config)."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for key in REMOVED_KEYS:
+        section, name = key.split(".", 1)
+        if isinstance(data.get(section), dict):
+            data[section].pop(name, None)
+    return data
+
+
+def _removed_in(node: Any, prefix: str = "") -> None:
+    """ConfigError for a removed key anywhere in a preset (a loaded YAML mapping)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_removed(f"{prefix}{key}")
+            _removed_in(value, f"{prefix}{key}.")
+
+
+def load_config(presets: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = (),
+                base: RunConfig | None = None) -> RunConfig:
+    """Defaults (or ``base``, e.g. a finished run's config) <- presets <- ``key=value`` overrides, validated.
+    Returns a plain :class:`RunConfig`."""
+    cfg = OmegaConf.structured(RunConfig if base is None else base)
     try:
         for name in presets:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(preset_path(name)))
+            preset = OmegaConf.load(preset_path(name))
+            _removed_in(OmegaConf.to_container(preset))
+            cfg = OmegaConf.merge(cfg, preset)
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"bad override {item!r}: expected key=value, e.g. train.epochs=5")
             key = item.split("=", 1)[0].strip()
+            _check_removed(key)
             if not key or OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
                 raise ConfigError(f"bad override {item!r}: unknown key {key!r}; "
                                   f"valid keys: {', '.join(all_keys())}")
@@ -268,7 +312,7 @@ def load_config(presets: list[str] | tuple[str, ...] = (), overrides: list[str] 
 def from_dict(data: dict) -> RunConfig:
     """Rebuild a config from a dict (e.g. a run's config.yaml), validated."""
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(data))
+        cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(_drop_removed(data)))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid config: {_error_message(exc)}") from None
     run_cfg: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
@@ -369,26 +413,10 @@ def validate(cfg: RunConfig) -> None:
 
     walk(cfg, "")
     _check_model(cfg)
-    p = cfg.plugin
-    if p.name != "none":
-        if p.n_support_views >= p.n_views:
-            raise ConfigError(f"plugin.n_support_views={p.n_support_views} must be < plugin.n_views={p.n_views} "
-                              "(the query set needs at least one view)")
-        minimum = getattr(registries["method"].get(cfg.method.name), "min_support_views", 1)
-        if p.n_support_views < minimum:
-            raise ConfigError(f"plugin.n_support_views={p.n_support_views} is too small for "
-                              f"method.name={cfg.method.name}: its support loss needs at least {minimum} views per "
-                              f"image; allowed: {minimum} <= plugin.n_support_views < plugin.n_views={p.n_views}")
-        batch, k = cfg.train.batch_size, p.n_tasks
-        if k > batch:
-            raise ConfigError(f"plugin.n_tasks={k} exceeds train.batch_size={batch}")
-        if p.remainder == "error" and batch % k:
-            raise ConfigError(f"plugin.remainder=error needs train.batch_size divisible by plugin.n_tasks, got "
-                              f"train.batch_size={batch} and plugin.n_tasks={k}: use a multiple of {k} (e.g. "
-                              f"train.batch_size={batch - batch % k}) or plugin.remainder=drop")
-    if cfg.train.precision == "16-mixed" and not getattr(registries["plugin"].get(p.name), "supports_loss_scaling",
-                                                          False):
-        raise ConfigError(unscalable_plugin_message(p.name))
+    plugin_class = registries["plugin"].get(cfg.plugin.name)
+    plugin_class.check_config(cfg)
+    if cfg.train.precision == "16-mixed" and not plugin_class.supports_loss_scaling:
+        raise ConfigError(unscalable_plugin_message(cfg.plugin.name))
     from tc2ssl.eval.protocols import check_protocol_config
     from tc2ssl.train.monitor import check_monitor_config
 
@@ -399,6 +427,7 @@ def validate(cfg: RunConfig) -> None:
 
         check_config(cfg)
     if cfg.eval.data is not None and cfg.eval.data not in registries["data"]:
-        raise ConfigError(f"eval.data={cfg.eval.data!r} is unknown; valid names: {', '.join(registries['data'].names())}")
+        raise ConfigError(f"eval.data={cfg.eval.data!r} is unknown; valid names: "
+                          f"{', '.join(registries['data'].names())}")
     if not cfg.eval.probe_cs or any(c <= 0 for c in cfg.eval.probe_cs):
         raise ConfigError("eval.probe_cs must be a non-empty list of positive numbers")

@@ -64,24 +64,22 @@ def check_config(cfg) -> None:
     if batch % world:
         raise ConfigError(f"train.batch_size={batch} is the global batch and must be divisible by "
                           f"train.devices={world} (each process takes batch_size / devices images)")
-    if cfg.plugin.name == "none":
-        if cfg.method.name not in DISTRIBUTED_BASELINE_METHODS:
-            raise ConfigError(f"train.devices={world} with plugin.name=none supports method.name in "
-                              f"{', '.join(DISTRIBUTED_BASELINE_METHODS)}; {cfg.method.name}'s baseline loss reads "
-                              "its views (target network, memory bank or masks) and is not distributed yet: "
-                              "use train.devices=1")
-        if batch // world < 2:
-            raise ConfigError(f"train.batch_size={batch} over train.devices={world} leaves fewer than 2 images "
-                              "per process")
-    else:
-        if cfg.method.name not in DISTRIBUTED_TASK_METHODS:
-            raise ConfigError(f"train.devices={world} with plugin.name={cfg.plugin.name} supports method.name in "
-                              f"{', '.join(DISTRIBUTED_TASK_METHODS)}; use train.devices=1 for "
-                              f"{cfg.method.name}")
-        if getattr(cfg.plugin, "share_support_forward", "auto") == "always":
-            raise ConfigError(f"plugin.share_support_forward=always is not supported with train.devices={world}: "
-                              "the statistics forward normalises over the whole batch across processes; use auto "
-                              "(shares where it is exact) or never")
+    from tc2ssl.plugins import PLUGINS     # lazily: the plug-ins import this module
+
+    plugin_class = PLUGINS.get(cfg.plugin.name)
+    if not plugin_class.supports_distributed:
+        raise ConfigError(f"train.devices={world} is not supported with plugin.name={cfg.plugin.name}; use "
+                          "train.devices=1")
+    methods = DISTRIBUTED_TASK_METHODS if plugin_class.uses_tasks else DISTRIBUTED_BASELINE_METHODS
+    if cfg.method.name not in methods:
+        reason = ("" if plugin_class.uses_tasks else f"; {cfg.method.name}'s baseline loss reads its views (target "
+                  "network, memory bank or masks) and is not distributed yet")
+        raise ConfigError(f"train.devices={world} with plugin.name={cfg.plugin.name} supports method.name in "
+                          f"{', '.join(methods)}{reason}: use train.devices=1 for {cfg.method.name}")
+    if not plugin_class.uses_tasks and batch // world < 2:
+        raise ConfigError(f"train.batch_size={batch} over train.devices={world} leaves fewer than 2 images "
+                          "per process")
+    if plugin_class.uses_tasks:
         k = cfg.plugin.n_tasks
         if k % world:
             raise ConfigError(f"plugin.n_tasks={k} must be divisible by train.devices={world}: the K tasks of a "

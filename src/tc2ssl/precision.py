@@ -2,7 +2,7 @@
 
 Under ``train.precision=bf16-mixed`` (or 16-mixed) the loop runs the step inside Fabric's autocast. The encoder's
 convolutions and matmuls then run in bfloat16, but TC²'s statistics must not: S (mean and covariance), L_v's
-orthogonality and reconstruction terms and L_w are computed in float32 (SPEC §3.15, half-precision statistics are a
+orthogonality and reconstruction terms and L_w are computed in float32 (D-TC-33, half-precision statistics are a
 source of NaNs). Casting the inputs up is not enough, because autocast casts a matmul's inputs down again; these
 computations therefore run inside :func:`float32_region`, which switches autocast off for its block.
 

@@ -153,6 +153,22 @@ def run_evaluate(run_dir: Path, overrides: list[str], protocols: list[str] | Non
     return results
 
 
+def run_posthoc(run_dir: Path, overrides: list[str]) -> dict:
+    """The post-hoc entry point: fine-tune a finished run folder with a plug-in (``tc2ssl posthoc RUN_DIR
+    plugin.name=... [key=value ...]``).
+
+    The new run starts from the finished run's config with ``overrides`` applied, and from its weights
+    (``train.init_from=RUN_DIR``: the whole method when method and model are unchanged, else the backbone); it
+    writes a run folder of its own (default ``RUN_DIR/posthoc_<plugin.name>``), evaluated and reported like
+    ``tc2ssl pretrain``. Returns the evaluation results."""
+    run_dir = Path(run_dir)
+    base = load_run_config(run_dir)
+    cfg = config_mod.load_config((), [f"train.init_from={run_dir}", "train.resume=false", *overrides], base=base)
+    if not any(o.split("=", 1)[0].strip() == "out" for o in overrides):
+        cfg.out = str(run_dir / f"posthoc_{cfg.plugin.name}")
+    return run_pretrain(cfg)
+
+
 def run_compare(cfg: config_mod.RunConfig, plugins: list[str]) -> dict:
     """Pretrain the same config once per plug-in (``out/<plugin>``), then write ``out/report.md`` comparing them.
 

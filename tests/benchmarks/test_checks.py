@@ -1,5 +1,5 @@
-"""The SPEC §9.2 checks (R1–R6) computed from benchmark results: thresholds at their boundaries, the hard/soft
-verdicts, per-epoch diagnostics read from metrics.jsonl, protocol deviations named, and ``tc2ssl recheck``."""
+"""The checks of docs/decisions.md (R1–R6) computed from benchmark results: thresholds at their boundaries, the
+hard/soft verdicts, per-epoch diagnostics read from metrics.jsonl, protocol deviations named, and ``tc2ssl recheck``."""
 import json
 import math
 

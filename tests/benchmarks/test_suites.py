@@ -118,7 +118,7 @@ def smoke(suite: str, out, *extra: str) -> dict:
     from tc2ssl.benchmarks.checks import SUITE_CHECKS
     assert [c["id"] for c in result["checks"]] == [f(result).id for f in SUITE_CHECKS[suite]]
     table = (out / "results.md").read_text()
-    assert "## Checks (SPEC §9.2)" in table and all(f"- **{c['id']}** " in table for c in result["checks"])
+    assert "## Checks (docs/decisions.md)" in table and all(f"- **{c['id']}** " in table for c in result["checks"])
     assert "| row | " + " | ".join(result["metrics"]) + " |" in table
     assert all(f"\n| {label} | " in table for label in labels)
     for png in result["plots"]:

@@ -18,7 +18,7 @@ def test_figure1_command_writes_csv_png_and_r1(tmp_path):
     assert len(rows) == 16
     assert {r["plugin"] for r in rows} == {"tasks", "tc2"} and {r["space"] for r in rows} == {"raw", "calibrated"}
     assert all(-1.0 <= float(r["mean"]) <= 1.0 for r in rows)
-    # T17 / SPEC §7.1: the documented columns, in order (src/tc2ssl/diagnostics/figure1.py), in both CSV files
+    # T17 / D-DG-01: the documented columns, in order (src/tc2ssl/diagnostics/figure1.py), in both CSV files
     columns = ["epoch", "step", "plugin", "seed", "mean", "min", "frac_negative", "space"]
     for name in ("conflict.csv", "conflict_epochs.csv"):
         with (out / name).open() as fh:

@@ -16,7 +16,7 @@ from tc2ssl.meta.functional import (
     has_tied_tensors,
     hessian_vector_product_fd,
     hypergradient,
-    inner_adapt,
+    held,
     module_params,
     sgd_step,
 )
@@ -84,25 +84,62 @@ def test_sgd_step_returns_new_tensors():
         sgd_step(params, {"0.weight": grads["0.weight"]}, 0.5)
 
 
-def test_inner_adapt_first_order_and_second_order():
-    model, inner, _ = make_problem()
+def test_the_inner_unroll_takes_plain_steps_and_reports_the_losses_before_each():
+    model, inner, outer = make_problem()
     params = module_params(model)
     lr = 0.1
-    adapted, losses = inner_adapt(inner, params, lr, steps=2)
+    result = hypergradient(outer, inner, params, lr, mode="first_order", steps=2)
     # manual two-step unroll
     g0 = grad_dict(inner(params), params)
     phi1 = {n: p - lr * g0[n] for n, p in params.items()}
     g1 = grad_dict(inner(phi1), phi1)
     phi2 = {n: p - lr * g1[n] for n, p in phi1.items()}
     for n in params:
-        assert adapted[n].is_leaf and adapted[n].requires_grad
-        torch.testing.assert_close(adapted[n], phi2[n].detach(), rtol=0, atol=1e-14)
+        torch.testing.assert_close(result.adapted[n], phi2[n].detach(), rtol=0, atol=1e-14)
+    losses = result.inner_losses
     assert len(losses) == 2 and torch.equal(losses[0], inner(params).detach())
     assert losses[1] < losses[0]
-    second, _ = inner_adapt(inner, params, lr, steps=1, create_graph=True)
-    assert all(p.grad_fn is not None for p in second.values())
     with pytest.raises(ConfigError):
-        inner_adapt(inner, params, lr, steps=0)
+        hypergradient(outer, inner, params, lr, steps=0)
+
+
+def test_per_parameter_step_sizes_grad_transform_and_aux():
+    model, inner, outer = make_problem()
+    params = module_params(model)
+    lrs = {n: 0.05 * (i + 1) for i, n in enumerate(params)}
+    halve = {n: 0.5 for n in params}
+
+    def outer_with_aux(p):
+        return outer(p), {"seen": sorted(p)}
+
+    result = hypergradient(outer_with_aux, inner, params, lrs, mode="exact", has_aux=True,
+                           inner_grad_transform=lambda g: {n: v * halve[n] for n, v in g.items()})
+    g0 = grad_dict(inner(params), params)
+    expected = {n: (p - lrs[n] * 0.5 * g0[n]).detach() for n, p in params.items()}
+    for n in params:
+        torch.testing.assert_close(result.adapted[n], expected[n], rtol=0, atol=1e-14)
+    assert result.outer_aux == {"seen": sorted(params)}
+    with pytest.raises(ValueError, match="finite_difference"):
+        hypergradient(outer, inner, params, 0.1, mode="finite_difference", inner_grad_transform=dict)
+    with pytest.raises(ValueError, match="missing"):
+        hypergradient(outer, inner, params, {next(iter(params)): 0.1})
+
+
+def test_held_tensors_do_not_require_grad_inside_and_are_restored_on_error():
+    a = torch.zeros(2, requires_grad=True)
+    b = torch.zeros(2)
+    with pytest.raises(RuntimeError):
+        with held([a, b]):
+            assert not a.requires_grad and not b.requires_grad
+            raise RuntimeError("inside")
+    assert a.requires_grad and not b.requires_grad
+
+
+def test_cloned_buffers_of_some_children_only():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.BatchNorm1d(2))
+    copies = cloned_buffers(model, children=["1"])
+    assert set(copies) == {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
+    assert copies["1.running_mean"].data_ptr() != model[1].running_mean.data_ptr()
 
 
 def test_hvp_fd_is_exact_on_a_quadratic_and_zero_for_zero_vector():

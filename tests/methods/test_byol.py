@@ -9,7 +9,7 @@ from tc2ssl.methods.base import LossContext
 
 
 def lightly_byol(p0, p1, t0, t1):
-    """BYOL's symmetric 2 − 2cos, from lightly's NegativeCosineSimilarity (SPEC §2.2)."""
+    """BYOL's symmetric 2 − 2cos, from lightly's NegativeCosineSimilarity (D-SSL-02)."""
     ncs = NegativeCosineSimilarity()
     return 2 + 2 * 0.5 * (ncs(p0, t1) + ncs(p1, t0))
 

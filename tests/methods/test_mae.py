@@ -1,4 +1,4 @@
-"""Tests of MAE (src/tc2ssl/methods/mae.py; SPEC §2.2 MAE row, §3.7 MAE query loss) on the vit_tiny backbone."""
+"""Tests of MAE (src/tc2ssl/methods/mae.py; D-SSL-02 MAE row, §3.7 MAE query loss) on the vit_tiny backbone."""
 import json
 import math
 

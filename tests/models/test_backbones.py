@@ -80,3 +80,36 @@ def test_timm_vit_taps_pool_its_tokens():
     assert all(taps[b].shape == (2, 64) for b in blocks) and taps["stage_last"].shape == (2, net.feat_dim)
     torch.testing.assert_close(taps["blocks.5"], seen["tokens"].mean(dim=1))          # [N, T, C] -> mean over T
     torch.testing.assert_close(taps["stage_last"], net(x))
+
+
+SPLITS = [("small_cnn", "block1", 32), ("small_cnn_tiny", "early", 32), ("resnet18", "layer1", 64),
+          ("resnet18", "last", 512), ("vit_tiny", "block1", 64), ("vit_tiny", "block4", 64),
+          ("timm:resnet18", "layer2", 128), ("timm:resnet18", "act1", 64)]
+
+
+@pytest.mark.parametrize("name, at, channels", SPLITS)
+def test_split_rest_of_early_is_the_backbone_and_shares_its_parameters(name, at, channels):
+    if name.startswith("timm:"):
+        pytest.importorskip("timm")
+    net = build_backbone(ModelConfig(backbone=name, cifar_stem=True), 3).eval()
+    x = torch.randn(2, 3, 16, 16)
+    early, rest = net.split(at=at)
+    feature_map = early(x)
+    assert feature_map.dim() in (3, 4) and channels in (feature_map.shape[1], feature_map.shape[-1])
+    assert torch.equal(rest(feature_map), net(x))                        # the same computation, bit for bit
+    own = {id(p) for p in net.parameters()}
+    parts = [*early.parameters(), *rest.parameters()]
+    assert {id(p) for p in parts} == own and len(parts) == len(own)      # shared, every parameter in one part
+
+
+def test_split_names_an_unknown_layer():
+    net = build_backbone(ModelConfig(backbone="small_cnn"), 1)
+    with pytest.raises(ConfigError, match="valid taps: block1"):
+        net.split(at="layer9")
+
+
+def test_timm_models_without_top_level_stages_refuse_to_split():
+    pytest.importorskip("timm")
+    net = build_backbone(ModelConfig(backbone="timm:vit_tiny_patch16_224"), 3)
+    with pytest.raises(ConfigError, match="cannot be split"):
+        net.split(at="blocks.0")

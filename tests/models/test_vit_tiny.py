@@ -1,4 +1,4 @@
-"""Tests of the ``vit_tiny`` backbone (src/tc2ssl/models/backbones.py: TinyViT, visible_index; SPEC §2.1)."""
+"""Tests of the ``vit_tiny`` backbone (src/tc2ssl/models/backbones.py: TinyViT, visible_index; D-SSL-01)."""
 import pytest
 import torch
 

@@ -1,5 +1,5 @@
 """Tests of the plain baseline plug-in (``plugin.name=none``, src/tc2ssl/plugins/baseline.py) and its Figure-1
-conflict metric (SPEC §7.1: the batch split into random parts, cosines of the parts' native-loss gradients)."""
+conflict metric (D-DG-01: the batch split into random parts, cosines of the parts' native-loss gradients)."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Tests of the TC² / "+T" plug-in (src/tc2ssl/plugins/tc2.py): SPEC §3.8–§3.10, §10 T9, T10, T17, T18, R14.
+"""Tests of the TC² / "+T" plug-in (src/tc2ssl/plugins/tc2.py): D-TC-09–§3.10, §10 T9, T10, T17, T18, R14.
 
 Every test builds a tiny run (small_cnn_tiny, d = 16, 128 digits, batch 32, K = 2) through ``build_run`` and drives
 the plug-in's ``stage1`` / ``stage2`` / ``training_step`` directly. References are recomputed here with the
@@ -71,14 +71,16 @@ def stage_inputs(run, images: torch.Tensor, info: StepInfo = INFO):
                         min_support=run.method.min_support_views)
     with torch.no_grad():
         z = run.method.embed(views.flatten(0, 1)).view(views.shape[0], p.n_views, -1)
-    z_dtype = next(iter(plugin.calibrator_parameters().values())).dtype if plugin.use_calibration else torch.float32
-    return views, split, plugin.prep(z.to(z_dtype))
+    calibrator = getattr(plugin, "calibrator", None)
+    if calibrator is None:                                                     # "+T": z is not calibrated
+        return views, split, z
+    return views, split, calibrator.prep(z.to(next(iter(calibrator.parameter_dict().values())).dtype))
 
 
 def basis_at(run, z: torch.Tensor) -> torch.Tensor:
     """V = f_v(S) for the prepped representations z [N, m, d] (detached), without a stage-1 update."""
     with torch.no_grad():
-        return run.plugin.factor_net(batch_statistics(z.reshape(-1, z.shape[-1])))
+        return run.plugin.calibrator.factor_net(batch_statistics(z.reshape(-1, z.shape[-1])))
 
 
 def snapshot(tensors) -> dict[str, torch.Tensor]:
@@ -86,7 +88,7 @@ def snapshot(tensors) -> dict[str, torch.Tensor]:
 
 
 def calibrator(plugin) -> dict[str, torch.Tensor]:
-    return snapshot(plugin.calibrator_parameters().items())
+    return snapshot(plugin.calibrator.parameter_dict().items())
 
 
 def encoder_grads(method) -> dict[str, torch.Tensor]:
@@ -120,7 +122,7 @@ def test_stage1_leaves_encoder_bit_identical_and_updates_calibrator(make_run):
     assert all(p.grad is None for p in run.method.parameters()), "stage 1 must not write encoder gradients"
     changed = [k for k, v in calibrator(run.plugin).items() if not torch.equal(v, calibrator_before[k])]
     assert any(k.startswith("factor_net.") for k in changed) and any(k.startswith("weight_net.") for k in changed)
-    assert basis.shape == (16, run.plugin.n_factors) and not basis.requires_grad
+    assert basis.shape == (16, run.plugin.calibrator.n_factors) and not basis.requires_grad
     assert {"tc2/loss_v", "tc2/loss_w", "tc2/stage1_ssl_support", "tc2/stage1_sse_query"} <= metrics.keys()
 
 
@@ -132,7 +134,7 @@ def test_stage2_holds_calibrator_and_sets_encoder_grads(make_run):
 
     metrics = run.plugin.stage2(views, split, basis, INFO)
 
-    for name, value in run.plugin.calibrator_parameters().items():
+    for name, value in run.plugin.calibrator.parameter_dict().items():
         assert torch.equal(value, calibrator_before[name]), f"stage 2 changed {name}"
         assert value.grad is None, f"stage 2 wrote a gradient into {name}"
         assert value.requires_grad, f"stage 2 left {name} frozen"
@@ -148,7 +150,7 @@ ALPHAS = {"alpha1": 0.011, "alpha2": 0.023, "alpha3": 0.037, "alpha4": 0.041}
 
 
 def reference_objective(plugin, z_all, split, phi, which: str) -> torch.Tensor:
-    """L̄^s (Eq. 4) or L̄^q (Eq. 5) at calibrator parameters ``phi``, written from SPEC §3.8.
+    """L̄^s (Eq. 4) or L̄^q (Eq. 5) at calibrator parameters ``phi``, written from D-TC-09
 
     All N·m views are calibrated at once (f_w is row-wise) and then gathered per task; L_w runs on the support
     (resp. query) rows of the flattened [N·m, d] matrix.
@@ -156,8 +158,8 @@ def reference_objective(plugin, z_all, split, phi, which: str) -> torch.Tensor:
     method = plugin.method
     n_img, m, d = z_all.shape
     zf = z_all.reshape(n_img * m, d)
-    basis = plugin.factors(batch_statistics(zf), phi)
-    z_hat = plugin.calibrate(zf, basis, phi).view(n_img, m, d)
+    basis = plugin.calibrator.factors(batch_statistics(zf), phi)
+    z_hat = plugin.calibrator.calibrate(zf, basis, phi).view(n_img, m, d)
     view_idx = split.support_idx if which == "support" else split.query_idx
     rows = (torch.arange(n_img)[:, None] * m + view_idx).reshape(-1)
     ssl = []
@@ -168,13 +170,13 @@ def reference_objective(plugin, z_all, split, phi, which: str) -> torch.Tensor:
         else:
             query = z_hat[members[:, None], split.query_idx[members]]
             ssl.append(method.query_loss(query, method.anchors(support, LossContext()), LossContext()))
-    tc2, _, _ = plugin.loss_tc2(zf, basis, rows, phi)
+    tc2, _, _ = plugin.calibrator.loss_tc2(zf, basis, rows, phi)
     return torch.stack(ssl).mean() + tc2
 
 
 def reference_stage1(plugin, z_all, split, mode: str, alphas: dict) -> dict[str, torch.Tensor]:
     """The two-step update of Eqs. 4-5 in ``mode`` (sequential / fomaml / maml), with plain SGD."""
-    phi = {k: v.detach().clone().requires_grad_(True) for k, v in plugin.calibrator_parameters().items()}
+    phi = {k: v.detach().clone().requires_grad_(True) for k, v in plugin.calibrator.parameter_dict().items()}
     lr_s = {k: alphas["alpha1"] if k.startswith("factor_net.") else alphas["alpha2"] for k in phi}
     lr_q = {k: alphas["alpha3"] if k.startswith("factor_net.") else alphas["alpha4"] for k in phi}
     g_s = torch.autograd.grad(reference_objective(plugin, z_all, split, phi, "support"), list(phi.values()),
@@ -228,7 +230,7 @@ def reference_query_gradient(run, views, split, basis, task_reduction: str) -> d
 
     def embed(x):
         z = method.embed(x.flatten(0, 1))
-        z = plugin.calibrate(plugin.prep(z), basis) if basis is not None else z
+        z = plugin.calibrator.calibrate(plugin.calibrator.prep(z), basis) if basis is not None else z
         return z.view(x.shape[0], x.shape[1], d)
 
     losses = []
@@ -251,7 +253,7 @@ def test_stage2_first_order_with_zero_beta1_is_the_plain_query_gradient(make_run
     basis = basis_at(run, z) if plugin == "tc2" else None
     expected = reference_query_gradient(run, views, split, basis, task_reduction)
 
-    run.plugin.stage2(views, split, basis, INFO)
+    run.plugin.bilevel_step(views, split, INFO) if basis is None else run.plugin.stage2(views, split, basis, INFO)
 
     for name, grad in encoder_grads(run.method).items():
         torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-7, msg=lambda m: f"{name}: {m}")
@@ -296,7 +298,7 @@ def test_stage2_zero_beta1_is_the_plain_query_gradient_in_every_mode_float64(mak
     basis = basis_at(run, z)
     expected = reference_query_gradient(run, views, split, basis, "mean")
 
-    run.plugin.stage2(views, split, basis, INFO)
+    run.plugin.bilevel_step(views, split, INFO) if basis is None else run.plugin.stage2(views, split, basis, INFO)
 
     for name, grad in encoder_grads(run.method).items():
         assert grad.dtype == torch.float64
@@ -320,7 +322,7 @@ def test_training_step_leaves_encoder_parameters_bit_identical_in_every_mode(mak
 
     for name, value in run.method.named_parameters():
         assert torch.equal(value, theta_before[name]), f"stage 2 ({mode}) changed the encoder's {name}"
-    for name, value in run.plugin.calibrator_parameters().items():
+    for name, value in run.plugin.calibrator.parameter_dict().items():
         assert torch.equal(value, calibrator_after_stage1[name]), f"stage 2 ({mode}) changed {name}"
         assert value.grad is None and value.requires_grad, name
     grads = encoder_grads(run.method)
@@ -334,7 +336,7 @@ def test_training_step_leaves_encoder_parameters_bit_identical_in_every_mode(mak
 
 
 def test_finite_difference_probes_leave_batchnorm_running_statistics_alone(make_run):
-    """AMB-TC-22: the running statistics are updated by the training forwards only. The ±εv probes of the
+    """D-TC-22: the running statistics are updated by the training forwards only. The ±εv probes of the
     finite-difference hypergradient are numerical devices: after stage 2 the BN buffers must equal those of a
     first-order stage 2 on the same views (the probes' extra forwards would otherwise move them 2K times more)."""
     buffers = {}
@@ -351,7 +353,7 @@ def test_finite_difference_probes_leave_batchnorm_running_statistics_alone(make_
 
 
 def reference_bilevel_objective(run, views, split, basis, beta1: float):
-    """θ ↦ (1/K)Σ_k L_sse^q(θ − β1∇L_ssl^s(θ)), written out from SPEC §3.7/§3.9 for SimCLR: the inner loss is
+    """θ ↦ (1/K)Σ_k L_sse^q(θ − β1∇L_ssl^s(θ)), written out from D-TC-12/§3.9 for SimCLR: the inner loss is
     the multi-view NT-Xent of the calibrated support views, the outer loss the Brier score of the calibrated query
     views against c_k = n(mean_u ẑ_{i,u}) of the support views at θ^k. The anchors are a stop-gradient, so they are
     frozen at the θ^k of the base point θ0 (``freeze_anchors``): the derivative of the objective with those
@@ -363,7 +365,7 @@ def reference_bilevel_objective(run, views, split, basis, beta1: float):
     def embed(params, x):
         n, v = x.shape[:2]
         z = method.embed(x.flatten(0, 1), params)
-        return plugin.calibrated(plugin.prep(z), basis).view(n, v, d)
+        return plugin.calibrator.calibrated(plugin.calibrator.prep(z), basis).view(n, v, d)
 
     def adapted(params, k):                                              # θ^k = θ − β1∇L_ssl^s(θ), Eq. 6
         with torch.enable_grad():
@@ -426,7 +428,7 @@ def test_plus_t_has_no_calibrator_and_equals_tc2_without_calibration(make_run):
     plus_t = make_run(plugin="tasks")
     uncalibrated = make_run("plugin.calibration=false")
     calibrated = make_run()
-    assert not hasattr(plus_t.plugin, "factor_net") and not hasattr(plus_t.plugin, "weight_net")
+    assert getattr(plus_t.plugin, "calibrator", None) is None and uncalibrated.plugin.calibrator is None
     assert len(plus_t.plugin.state_dict()) == 0
 
     grads = {}
@@ -454,7 +456,7 @@ def test_training_step_metrics_are_present_and_finite(make_run):
 
 
 def test_conflict_metrics_are_cosines_of_the_task_support_gradients(make_run):
-    """SPEC §7.1: L_k = the calibrated support loss of task k at θ; cosines over all encoder parameters (K = 3)."""
+    """D-DG-01: L_k = the calibrated support loss of task k at θ; cosines over all encoder parameters (K = 3)."""
     run = make_run("plugin.n_tasks=3")
     images = images_of(run, 30)
     views, split, z = stage_inputs(run, images)
@@ -464,7 +466,8 @@ def test_conflict_metrics_are_cosines_of_the_task_support_gradients(make_run):
     task_grads = []
     for k in range(3):
         xs = split.support_views(views, k)
-        zs = plugin.calibrate(plugin.prep(method.embed(xs.flatten(0, 1))), basis).view(*xs.shape[:2], -1)
+        prepared = plugin.calibrator.prep(method.embed(xs.flatten(0, 1)))
+        zs = plugin.calibrator.calibrate(prepared, basis).view(*xs.shape[:2], -1)
         loss = method.support_loss(zs, LossContext())
         task_grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(theta.values()))]))
     unit = torch.nn.functional.normalize(torch.stack(task_grads), dim=1)
@@ -615,15 +618,6 @@ def test_batch_not_divisible_by_tasks_raises_with_remainder_error(make_run):
     assert all(p.grad is None for p in run.method.parameters())
 
 
-def test_task_context_works_or_is_rejected_as_config_error(make_run):
-    try:
-        run = make_run("plugin.task_context=true")
-        metrics = run.plugin.training_step(images_of(run), INFO)
-    except ConfigError:
-        return
-    assert torch.isfinite(metrics["loss"])
-
-
 # ---------------------------------------------------------------------------------------------- R14 literal mode
 LITERAL = ["plugin.reduction=sum", "plugin.l1_coef=1", "plugin.weight_mode=free", "plugin.task_reduction=sum"]
 
@@ -645,7 +639,7 @@ def test_literal_mode_runs_with_default_stage1(make_run):
 
 
 def test_literal_mode_with_adam_runs_and_the_collapse_guard_fires(make_run):
-    """R14 with stage1_optimizer=adam: finite losses; ẑ shrinks (cal_norm_ratio < 0.3) as AMB-TC-04 predicts."""
+    """R14 with stage1_optimizer=adam: finite losses; ẑ shrinks (cal_norm_ratio < 0.3) as D-TC-04 predicts."""
     run = make_run(*LITERAL, "plugin.stage1_optimizer=adam")
     history = train_steps(run, 3)
     for metrics in history:
@@ -663,7 +657,7 @@ def test_stage1_ssl_weight_zero_drops_the_ssl_term_of_eqs_4_5(make_run, monkeypa
         run = make_run("plugin.stage1_grad_clip=0", *overrides)
         if zero_ssl:
             monkeypatch.setattr(run.method, "support_loss", lambda z, ctx: z.sum() * 0.0)
-            monkeypatch.setattr(run.plugin, "_query_loss", lambda zq, *args: zq.sum() * 0.0)
+            monkeypatch.setattr(run.plugin, "query_loss", lambda zq, *args: zq.sum() * 0.0)
         views, split, z = stage_inputs(run, images_of(run))
         run.plugin.stage1(z, split, views)
         return flat(calibrator(run.plugin))
@@ -700,12 +694,12 @@ def test_factor_init_pca_sets_v0_once_from_the_first_batch_and_survives_a_resume
         return init(self, zf)
 
     monkeypatch.setattr(FactorNet, "init_base_from", spy)
-    base_before = run.plugin.factor_net.base.detach().clone()
+    base_before = run.plugin.calibrator.factor_net.base.detach().clone()
     run.plugin.training_step(images_of(run), INFO)
-    assert len(seen) == 1 and run.plugin.factor_base_initialised
-    expected = torch.linalg.svd(seen[0], full_matrices=False).Vh[:run.plugin.n_factors].T
+    assert len(seen) == 1 and run.plugin.calibrator.factor_base_initialised
+    expected = torch.linalg.svd(seen[0], full_matrices=False).Vh[:run.plugin.calibrator.n_factors].T
     # after the step's own stage-1 update the base has moved a little from the PCA basis, not back to V0
-    assert (run.plugin.factor_net.base - expected).abs().max() < 0.1 < (base_before - expected).abs().max()
+    assert (run.plugin.calibrator.factor_net.base - expected).abs().max() < 0.1 < (base_before - expected).abs().max()
     run.plugin.training_step(images_of(run, start=BATCH), StepInfo(epoch=0, step=1, seed=2))
     assert len(seen) == 1                                                            # once per run
 
@@ -716,4 +710,4 @@ def test_factor_init_pca_sets_v0_once_from_the_first_batch_and_survives_a_resume
     assert len(seen) == 1                                                            # not again after a resume
     default = make_run("plugin.conflict_every=0")
     default.plugin.training_step(images_of(default), INFO)
-    assert len(seen) == 1 and not default.plugin.factor_base_initialised            # factor_init=random
+    assert len(seen) == 1 and not default.plugin.calibrator.factor_base_initialised            # factor_init=random

@@ -1,5 +1,5 @@
-"""BYOL and SimSiam have no negatives: under TC² their only outer loss is the query loss of Eq. 7 (SPEC §3.7: the
-predictor's output against stop-gradient support anchors), which must not let the encoder collapse. SPEC §3.15's
+"""BYOL and SimSiam have no negatives: under TC² their only outer loss is the query loss of Eq. 7 (D-TC-12: the
+predictor's output against stop-gradient support anchors), which must not let the encoder collapse. D-TC-33's
 detector: the per-dimension std of the ℓ2-normalised embeddings below 0.01/√d (healthy: about 1/√d).
 
 A few dozen steps of the real loop (small_cnn_tiny, d = 16, 256 digits, batch 32, K = 2, a deliberately large

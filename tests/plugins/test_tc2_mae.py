@@ -1,4 +1,4 @@
-"""TC² with a generative method (src/tc2ssl/plugins/tc2.py with MAE): SPEC §3.2 G-SSL tasks, §3.5.3 token-level
+"""TC² with a generative method (src/tc2ssl/plugins/tc2.py with MAE): D-TC-28 tasks, §3.5.3 token-level
 calibration point, §3.7 MAE query loss.
 
 Tiny runs: the ``mae`` preset (vit_tiny, m = 2, m' = 1) on 128 digits, batch 32, K = 2.
@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightly.models.utils import patchify
 
-import tc2ssl.plugins.tc2 as tc2_module
+import tc2ssl.tc2.calibrator as calibrator_module
 from tc2ssl.config import load_config
 from tc2ssl.data import load_data
 from tc2ssl.data.tasks import build_tasks
@@ -55,12 +55,14 @@ def stage_inputs(run, info: StepInfo = INFO):
                         torch.Generator().manual_seed(info.seed ^ 0x7A5C), min_support=run.method.min_support_views)
     with torch.no_grad():
         z = run.method.embed(views.flatten(0, 1)).unflatten(0, (BATCH, p.n_views))
-    plugin.set_scale(z)
-    return views, split, plugin.prep(z)
+    if plugin.calibrator is None:                                              # calibration off: raw latents
+        return views, split, z
+    plugin.calibrator.set_scale(z)
+    return views, split, plugin.calibrator.prep(z)
 
 
 def calibrator(plugin) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in plugin.calibrator_parameters().items()}
+    return {k: v.detach().clone() for k, v in plugin.calibrator.parameter_dict().items()}
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -98,8 +100,8 @@ def test_stage1_uses_token_rows_for_s_lv_and_lw(make_run):
     rows = torch.arange(zf.shape[0]).view(BATCH, 2, 4)
     support_rows = rows[torch.arange(BATCH)[:, None], split.support_idx].reshape(-1)
     with torch.no_grad():
-        basis = plugin.factor_net(batch_statistics(zf))
-        _, lv, lw = plugin.loss_tc2(zf, basis, support_rows, None)
+        basis = plugin.calibrator.factor_net(batch_statistics(zf))
+        _, lv, lw = plugin.calibrator.loss_tc2(zf, basis, support_rows, None)
 
     _, metrics, z_stats, stats = plugin.stage1(z, split, views, seed=INFO.seed)
 
@@ -110,7 +112,7 @@ def test_stage1_uses_token_rows_for_s_lv_and_lw(make_run):
 
 
 def test_stage1_subsamples_token_rows_with_the_step_seed(make_run, monkeypatch):
-    monkeypatch.setattr(tc2_module, "MAX_STATISTIC_TOKENS", 100)
+    monkeypatch.setattr(calibrator_module, "MAX_STATISTIC_TOKENS", 100)
     run = make_run()
     views, split, z = stage_inputs(run)
     zf = z.reshape(-1, 64)
@@ -131,8 +133,8 @@ def test_stage1_with_all_tasks_in_one_loss_call_equals_the_per_task_loop(make_ru
     """MAE's losses are per-view means and its decoder has no batch coupling, so stage 1 evaluates the K tasks'
     losses in one decoder call per objective: the same f_v, f_w update and metrics as K calls (float64)."""
     runs = [make_run(*overrides), make_run(*overrides)]
-    assert runs[0].plugin.tasks_in_one_loss_call
-    runs[1].plugin.tasks_in_one_loss_call = False                  # the literal (1/K)Σ_k over per-task calls
+    assert runs[0].plugin.calibrator.tasks_in_one_loss_call
+    runs[1].plugin.calibrator.tasks_in_one_loss_call = False                  # the literal (1/K)Σ_k over per-task calls
     decoder_calls, outcomes = [], []
     for run in runs:
         run.method.double()
@@ -164,9 +166,9 @@ def test_one_loss_call_needs_per_view_losses_and_no_batch_coupling(make_run):
 
     run = make_run()
     run.method.decoder.extra_norm = torch.nn.BatchNorm1d(4).train()          # a batch-coupled layer
-    assert not build_plugin(run.cfg, run.method, run.view_maker).tasks_in_one_loss_call
+    assert not build_plugin(run.cfg, run.method, run.view_maker).calibrator.tasks_in_one_loss_call
     simclr = build_run(load_config((), ["plugin.name=tc2", "model.backbone=small_cnn_tiny", *TINY[:-1]]))
-    assert not simclr.method.per_view_losses and not simclr.plugin.tasks_in_one_loss_call
+    assert not simclr.method.per_view_losses and not simclr.plugin.calibrator.tasks_in_one_loss_call
 
 
 # ---------------------------------------------------------------------------------------------- stage 2
@@ -178,7 +180,7 @@ def test_one_tc2_step_sets_encoder_grads_and_holds_the_calibrator_in_stage2(make
 
     metrics = run.plugin.stage2(views, split, basis, INFO)
 
-    for name, value in run.plugin.calibrator_parameters().items():
+    for name, value in run.plugin.calibrator.parameter_dict().items():
         assert torch.equal(value, before[name]) and value.grad is None, name
     grads = {k: p.grad for k, p in run.method.online_parameters().items()}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
@@ -189,17 +191,18 @@ def test_one_tc2_step_sets_encoder_grads_and_holds_the_calibrator_in_stage2(make
 
 def test_stage2_with_zero_beta1_is_the_gradient_of_the_query_reconstruction_loss(make_run):
     """β1 = 0: the meta-gradient is ∇_θ (1/K)Σ_k mean ‖x̂_p − x_p‖² over the masked patches of the calibrated
-    query views, x the task's unmasked images (SPEC §3.7)."""
+    query views, x the task's unmasked images (D-TC-12)."""
     run = make_run("plugin.beta1=0.0")
     plugin, method = run.plugin, run.method
     views, split, z = stage_inputs(run)
     with torch.no_grad():
-        basis = plugin.factor_net(batch_statistics(z.reshape(-1, 64)))
+        basis = plugin.calibrator.factor_net(batch_statistics(z.reshape(-1, 64)))
     losses = []
     for k in range(split.n_tasks):
         query = split.query_views(views, k).flatten(0, 1)
         latents = method.embed(query)
-        latents = plugin.calibrated(plugin.prep(latents.reshape(-1, 64)), basis).view(latents.shape)
+        prepared = plugin.calibrator.prep(latents.reshape(-1, 64))
+        latents = plugin.calibrator.calibrated(prepared, basis).view(latents.shape)
         prediction = method.decoder(latents, query.masks)
         target = patchify(split.support_views(views, k).images[:, 0], 4)
         losses.append(((prediction - target) ** 2).sum(-1)[query.masks].mean())

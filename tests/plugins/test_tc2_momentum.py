@@ -1,5 +1,5 @@
 """Momentum target networks (BYOL, MoCo) under TC²: the bi-level step must neither adapt nor update the target
-(SPEC AMB-TC-22: the target is never adapted by an inner step and is updated once per outer step), and the loop's
+(D-TC-22: the target is never adapted by an inner step and is updated once per outer step), and the loop's
 ``method.after_step`` must apply the EMA exactly once per outer step.
 
 Runs are tiny (small_cnn_tiny, d = 16, 128 digits, batch 32, K = 2), built as in tests/plugins/test_tc2.py.

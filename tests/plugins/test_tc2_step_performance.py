@@ -2,7 +2,7 @@
 
 - the shared support forward (``plugin.share_support_forward``): S's support rows and the inner loss of Eq. 6 from
   one forward; exact where no BatchNorm uses batch statistics, which ``auto`` detects;
-- the step against a literal reference of SPEC §3.9–§3.10 (separate forwards for S, the inner loss, the anchors,
+- the step against a literal reference of D-TC-22–§3.10 (separate forwards for S, the inner loss, the anchors,
   the outer loss and the R8 check), in float64, for every stage-2 mode;
 - no host synchronisation (``.item()``, ``bool()``, ``int()``, ``float()``, ``.tolist()``) from tc2ssl code in a step;
 - float32 statistics under a bf16 autocast, the channels-last helpers, the task split moved once per step.
@@ -24,7 +24,7 @@ from tc2ssl.data.tasks import build_tasks
 from tc2ssl.meta.functional import hypergradient
 from tc2ssl.methods.base import LossContext
 from tc2ssl.plugins.base import StepInfo
-from tc2ssl.plugins.tc2 import batch_coupled_layers
+from tc2ssl.plugins.bilevel import batch_coupled_layers
 from tc2ssl.precision import channels_last_views, encoder_input, float32_region
 from tc2ssl.tc2.losses import loss_v, loss_w
 from tc2ssl.tc2.stats import batch_statistics
@@ -72,8 +72,8 @@ def step_once(run, info=StepInfo(epoch=0, step=0, seed=5)):
         p.grad = None
     metrics = run.plugin.training_step(images_of(run), info)
     grads = {k: p.grad.detach().clone() for k, p in run.method.online_parameters().items()}
-    calibrator = ({k: v.detach().clone() for k, v in run.plugin.calibrator_parameters().items()}
-                  if run.plugin.use_calibration else {})
+    calibrator = ({k: v.detach().clone() for k, v in run.plugin.calibrator.parameter_dict().items()}
+                  if getattr(run.plugin, "calibrator", None) is not None else {})
     return grads, {k: float(v) for k, v in metrics.items()}, calibrator
 
 
@@ -154,7 +154,7 @@ def test_shared_support_forward_with_batch_norm_is_a_different_statistic(make_ru
 
 # ---------------------------------------------------------------------------------------------- literal reference
 def reference_step(run, images, info):
-    """SPEC §3.10 written out with separate forwards (the implementation before issue 6): one no-grad forward of
+    """D-TC-31 written out with separate forwards (the implementation before issue 6): one no-grad forward of
     all N·m views for S, stage 1, then per task the engine's closures for Eq. 6 and Eq. 7 and a separate forward
     at θ^k for the R8 check. Returns (encoder meta-gradient, R8 hits, stage-2 query loss)."""
     plugin, method, p = run.plugin, run.method, run.plugin.cfg
@@ -163,20 +163,20 @@ def reference_step(run, images, info):
                         torch.Generator().manual_seed(info.seed ^ 0x7A5C), min_support=method.min_support_views)
     with torch.no_grad():
         z = method.embed(views.flatten(0, 1)).view(images.shape[0], p.n_views, -1)
-    plugin.set_scale(z)
-    z = plugin.prep(z)
+    plugin.calibrator.set_scale(z)
+    z = plugin.calibrator.prep(z)
     basis = plugin.stage1(z, split, views, seed=info.seed)[0]
     theta = method.online_parameters()
     d = method.embed_dim
 
     def cal(zz):
-        return plugin.calibrated(plugin.prep(zz), basis)
+        return plugin.calibrator.calibrated(plugin.calibrator.prep(zz), basis)
 
     def embed_views(params, x):
         n, v = x.shape[:2]
         return cal(method.embed(x.flatten(0, 1), params)).view(n, v, d)
 
-    for t in plugin.calibrator_parameters().values():
+    for t in plugin.calibrator.parameter_dict().values():
         t.requires_grad_(False)
     total, hits, query = None, 0, []
     for k in range(split.n_tasks):
@@ -196,7 +196,7 @@ def reference_step(run, images, info):
             hits += int(inner(result.adapted) < result.inner_losses[0])
         query.append(result.outer_loss)
         total = {n: g / split.n_tasks + (0 if total is None else total[n]) for n, g in result.grads.items()}
-    for t in plugin.calibrator_parameters().values():
+    for t in plugin.calibrator.parameter_dict().values():
         t.requires_grad_(True)
     return total, hits, float(torch.stack(query).mean())
 
@@ -204,7 +204,7 @@ def reference_step(run, images, info):
 @pytest.mark.parametrize("mode", ["first_order", "finite_difference", "exact"])
 def test_step_equals_the_literal_reference_in_float64(make_run, mode):
     """The optimised step (calibration batched over tasks, anchors' forward reused by R8, split moved once, no
-    syncs) computes what SPEC §3.10 says: same meta-gradient, R8 count and query loss as separate forwards."""
+    syncs) computes what D-TC-31 says: same meta-gradient, R8 count and query loss as separate forwards."""
     info = StepInfo(epoch=0, step=0, seed=11)
     run = make_run(f"plugin.stage2_mode={mode}", "plugin.conflict_every=0", float64=True)
     reference = make_run(f"plugin.stage2_mode={mode}", "plugin.conflict_every=0", float64=True)
@@ -279,7 +279,8 @@ def test_training_step_under_bf16_autocast_keeps_stage1_in_float32(make_run):
     and the step's losses are finite."""
     run = make_run("plugin.conflict_every=0")
     seen = []
-    run.plugin.factor_net.register_forward_hook(lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
+    run.plugin.calibrator.factor_net.register_forward_hook(
+        lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         metrics = run.plugin.training_step(images_of(run), StepInfo(epoch=0, step=0, seed=2))
     assert seen and all(inp == out == torch.float32 for inp, out in seen)

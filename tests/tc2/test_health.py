@@ -40,7 +40,7 @@ def test_healthy_calibration_gives_no_warning():
     assert health_warnings({k: v.item() for k, v in metrics.items()}, epoch=5) == []
 
 
-def test_collapsed_calibration_warns():  # SPEC §3.15: ẑ -> 0 when all gates are closed
+def test_collapsed_calibration_warns():  # D-TC-33: ẑ -> 0 when all gates are closed
     zf, basis = batch()
     metrics = health_metrics(basis, zf, gated_net(8, 4, -10.0), zf, loss_v(basis, zf), 4, "mean")
     assert metrics["gate_sparsity"].item() == 1.0 and metrics["cal_norm_ratio"].item() < 1e-3
@@ -83,7 +83,7 @@ def test_zero_optimum_does_not_divide_by_zero():  # n_f = d: min L_v = 0
     assert metrics["lv_ratio"].item() == pytest.approx(1.0, abs=1e-3)
 
 
-def test_collapsed_embeddings_warn_and_spread_ones_do_not():  # SPEC §3.15: std per dim < 0.01/√d
+def test_collapsed_embeddings_warn_and_spread_ones_do_not():  # D-TC-33: std per dim < 0.01/√d
     zf, basis = batch()
     healthy = health_metrics(basis, zf, gated_net(8, 4, 0.0), zf, loss_v(basis, zf), 4, "mean")
     assert 0.3 < healthy["embed_std_scaled"].item() < 2.0   # random directions on the sphere: about 1
@@ -98,7 +98,7 @@ def test_collapsed_embeddings_warn_and_spread_ones_do_not():  # SPEC §3.15: std
     assert scaled["embed_std_scaled"].item() == pytest.approx(metrics["embed_std_scaled"].item(), rel=1e-3)  # fp32
 
 
-def test_lv_ratio_guard_applies_after_the_first_epoch():  # SPEC R7: L_v <= 1.5 x the batch-PCA optimum
+def test_lv_ratio_guard_applies_after_the_first_epoch():  # check R7: L_v <= 1.5 x the batch-PCA optimum
     zf, top = batch()
     other = torch.linalg.eigh(zf.T @ zf).eigenvectors[:, :4]               # the trailing eigenvectors: the worst V
     metrics = {k: v.item() for k, v in health_metrics(other, zf, gated_net(8, 4, 0.0), zf, loss_v(other, zf), 4,

@@ -106,7 +106,7 @@ def test_nt_xent_matches_lightly_for_two_views(temperature):
     torch.testing.assert_close(nt_xent_multiview(z, temperature), expected, atol=1e-12, rtol=0)
 
 
-def test_nt_xent_multiview_is_the_mean_over_view_pairs():  # SPEC §2.2
+def test_nt_xent_multiview_is_the_mean_over_view_pairs():  # D-SSL-02
     z = torch.randn(6, 3, 4, dtype=torch.float64)
     pairwise = NTXentLoss(temperature=0.3)
     expected = sum(pairwise(z[:, a], z[:, b]) for a, b in [(0, 1), (0, 2), (1, 2)]) / 3

@@ -127,8 +127,8 @@ def test_sigkill_then_resume_tc2_restores_its_own_networks(tmp_path):
     # stage1_optimizer=adam: f_v / f_w have optimiser state of their own (plugin_extra) that must be restored too
     kill_resume_and_compare(tmp_path, "plugin.name=tc2", "plugin.n_tasks=2", "plugin.stage1_optimizer=adam")
     state = load_checkpoint(tmp_path / "run_a" / CHECKPOINT_NAME)
-    assert any(k.startswith("factor_net.") for k in state["plugin"])
-    assert any(k.startswith("weight_net.") for k in state["plugin"])
+    assert any(k.startswith("calibrator.factor_net.") for k in state["plugin"])
+    assert any(k.startswith("calibrator.weight_net.") for k in state["plugin"])
     assert state["plugin_extra"]["stage1_optimizer"]["state"]
 
 

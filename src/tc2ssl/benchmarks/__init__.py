@@ -1,4 +1,4 @@
-"""``tc2ssl benchmark SUITE``: transfer and out-of-distribution suites on real data (SPEC §9.1 D1–D4), each plug-in
+"""``tc2ssl benchmark SUITE``: transfer and out-of-distribution suites on real data (D-BM-01), each plug-in
 over the same seeds, with mean ± std and paired differences against the baseline."""
 from tc2ssl.benchmarks.presets import PRESETS, BenchmarkPreset, get_preset
 from tc2ssl.benchmarks.suites import SUITES, Suite, parse_seeds, run_benchmark

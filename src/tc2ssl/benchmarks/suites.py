@@ -1,4 +1,4 @@
-"""The benchmark suites of ``tc2ssl benchmark SUITE`` (SPEC §9.1 D1–D4; checks R4, R5, R5b, R6).
+"""The benchmark suites of ``tc2ssl benchmark SUITE`` (D-BM-01; checks R4, R5, R5b, R6).
 
 Usage: ``tc2ssl benchmark [--preset smoke|cpu|paper] [--plugins none,tasks,tc2] [--seeds 0,1,2] SUITE
 [key=value ...] [suite.KEY=VALUE ...]`` (argparse takes the options before SUITE or after the overrides, not
@@ -18,6 +18,11 @@ Outputs under ``out`` (default ``runs/benchmark/<suite>``):
   with the suite's primary metric (R3's question, over all runs) and, for ``cifar10_subset``, the K ablation;
 - ``results.md``: the same as tables; ``metrics.png`` (bars per row), ``conflict.png`` (Figure 1 curves) and,
   for ``cifar10_subset``, ``k_curve.png``.
+
+Why one file of ~580 lines: the four suites are small functions around one driver (``run_benchmark``), its
+summary and its report; each suite reads the driver's types (``Row``, ``SuiteContext``, ``RunOutcome``) and the
+report reads each suite's metrics, so splitting them would scatter one data flow over several files. The
+figures are in ``benchmarks/plots.py``.
 """
 from __future__ import annotations
 
@@ -26,7 +31,6 @@ import json
 import math
 import statistics
 import sys
-import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +41,7 @@ import yaml
 
 from tc2ssl import config as config_mod
 from tc2ssl.benchmarks.checks import checks_markdown, read_run_diagnostics, run_checks
+from tc2ssl.benchmarks.plots import plot_k_curve, plot_metric_bars
 from tc2ssl.benchmarks.presets import SUITE_OPTION_DEFAULTS, BenchmarkPreset, get_preset
 from tc2ssl.benchmarks.stats import paired_difference, spearman, summarize
 from tc2ssl.data import load_data
@@ -476,8 +481,8 @@ def write_results(suite: Suite, result: dict, out: Path) -> None:
 
 
 def recheck(out_dir: str | Path) -> dict:
-    """Recompute the SPEC §9.2 checks of a finished benchmark from ``out_dir/results.json`` (and its run folders,
-    where still on disk) and rewrite its results.json and results.md (``tc2ssl recheck DIR``)."""
+    """Recompute the checks (docs/decisions.md) of a finished benchmark from ``out_dir/results.json`` (and its run
+    folders, where still on disk) and rewrite its results.json and results.md (``tc2ssl recheck DIR``)."""
     path = Path(out_dir) / "results.json"
     if not path.is_file():
         raise DataError(f"no benchmark results at {path} (run `tc2ssl benchmark SUITE` first)")
@@ -579,53 +584,3 @@ def results_markdown(suite: Suite, result: dict) -> str:
         for seed, record in by_seed.items():
             lines.append(f"| {label} | {seed} | {record['seconds']:.0f} | {', '.join(record['run_dirs'])} |")
     return "\n".join(lines) + "\n"
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def plot_metric_bars(summary: dict, metrics: list[str], png_path: Path, title: str) -> Path:
-    """Grouped bars: one group per metric, one bar per row (mean over seeds, error bar = std), in percent."""
-    fig = _figure(max(6.0, 0.6 * len(metrics) * max(1, len(summary)) ** 0.5 + 2), 4)
-    ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / max(1, len(summary))
-    for i, (label, by_metric) in enumerate(summary.items()):
-        xs = [j + (i - (len(summary) - 1) / 2) * width for j in range(len(metrics))]
-        ax.bar(xs, [100 * by_metric[m]["mean"] for m in metrics], width,
-               yerr=[100 * by_metric[m]["std"] for m in metrics], capsize=2,
-               label=label.replace("tasks", "+T").replace("tc2", "TC²"))
-    ax.set_xticks(range(len(metrics)))
-    ax.set_xticklabels(metrics, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(textwrap.fill(title, 90), fontsize=9)  # suite titles are long: wrap, never clip
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    return png_path
-
-
-def plot_k_curve(curve: dict[int, dict], references: dict[str, float], png_path: Path, title: str) -> Path:
-    """TC² accuracy (mean ± std over seeds) against K on a log2 axis, the reference rows as horizontal lines."""
-    fig = _figure(6, 4)
-    ax = fig.add_subplot(1, 1, 1)
-    ks = list(curve)
-    ax.errorbar(ks, [100 * curve[k]["mean"] for k in ks], yerr=[100 * curve[k]["std"] for k in ks], marker="o",
-                capsize=3, label="TC²")
-    for (label, value), style in zip(references.items(), (":", "--")):
-        ax.axhline(100 * value, linestyle=style, color="grey", label=label.replace("tasks", "+T"))
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ks)
-    ax.set_xticklabels([str(k) for k in ks])
-    ax.set_xlabel("K (tasks per batch)")
-    ax.set_ylabel("linear probe accuracy (%)")
-    ax.set_title(textwrap.fill(title, 90), fontsize=9)  # suite titles are long: wrap, never clip
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    return png_path

@@ -1,4 +1,4 @@
-"""Batched view augmentation on the training device (kornia), m views per image (SPEC §2.3).
+"""Batched view augmentation on the training device (kornia), m views per image (D-SSL-02).
 
 All views of a batch come from ONE call of a kornia pipeline on the [N*m] stacked images, so TC²'s m views cost
 one batched op per transform. Asymmetric recipes (``byol``) have one pipeline per view group: view v uses

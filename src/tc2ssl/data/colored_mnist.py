@@ -1,4 +1,4 @@
-"""``colored_mnist``: real MNIST with a colour that predicts the class in training but not at test (SPEC §9.1 D2).
+"""``colored_mnist``: real MNIST with a colour that predicts the class in training but not at test (D-BM-01 D2).
 
 The TC² paper's Table 4 follows Gat et al. 2020 ("Removing bias in multi-modal classifiers: regularization by
 maximizing functional entropies", NeurIPS) on ColoredMNIST as used by Nam et al. 2020 ("Learning from failure:

@@ -9,7 +9,7 @@ The shared sets are read from :func:`shared_data_root` (data.root, else $TC2SSL_
 * ``mnist``: digits/mnist_{train,test}.npz (14,262 / 10,000, 28×28 grey). Without those files it falls back to
   torchvision's MNIST (downloaded when data.download=true).
 * ``usps``: digits/usps_{train,test}.npz (7,291 / 2,007, 16×16 grey). At data.resolution 0 or 28 each digit is
-  framed like MNIST (SPEC §9.1 D3): resized to 20×20 and zero-padded by 4 pixels to 28×28, so USPS digits sit in
+  framed like MNIST (D-BM-01 D3): resized to 20×20 and zero-padded by 4 pixels to 28×28, so USPS digits sit in
   the same central box as MNIST digits. Any other resolution is a plain resize of the 16×16 image.
 * ``mnistm``: digits/mnistm_test.npz, the only MNIST-M split available (9,001, 32×32 RGB). It is split into a
   fixed stratified train/test of 7,000 / 2,001 (scikit-learn ``train_test_split``, random_state=0). Default
@@ -149,7 +149,7 @@ def load_mnist(cfg) -> DataSplits:
 
 
 def frame_like_mnist(images: torch.Tensor) -> torch.Tensor:
-    """Resize digits to 20×20 and zero-pad to 28×28: the MNIST framing (SPEC §9.1 D3)."""
+    """Resize digits to 20×20 and zero-pad to 28×28: the MNIST framing (D-BM-01 D3)."""
     border = (MNIST_SIZE - USPS_BOX) // 2
     return F.pad(resize_images(images, USPS_BOX), (border, border, border, border))
 

@@ -1,4 +1,4 @@
-"""TC² task construction (SPEC §3.2; paper §Task Construction).
+"""TC² task construction (D-TC-13; paper §Task Construction).
 
 A batch of N images is divided into K disjoint, uniformly random groups B_1..B_K (the tasks). Each image has m
 augmented views; m' of them, chosen at random per image, go to the task's support set and the rest to its query set.
@@ -101,7 +101,7 @@ def build_tasks(n_images: int, n_tasks: int, n_views: int, n_support_views: int,
                       "image(s) from this batch", stacklevel=2)
     task_size = n_images // n_tasks
     if task_size < 8:
-        warnings.warn(f"only {task_size} images per task (batch {n_images}, {n_tasks} tasks); SPEC AMB-TC-21 "
+        warnings.warn(f"only {task_size} images per task (batch {n_images}, {n_tasks} tasks); D-TC-21 "
                       "suggests at least 8", stacklevel=2)
     perm = torch.randperm(n_images, generator=generator)
     groups = perm[: n_tasks * task_size].view(n_tasks, task_size)

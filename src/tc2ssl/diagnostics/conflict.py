@@ -1,4 +1,4 @@
-"""Inter-task gradient conflict: pairwise cosines of per-task gradients (SPEC §7.1, TC² Figure 1(b)(c)).
+"""Inter-task gradient conflict: pairwise cosines of per-task gradients (D-DG-01, TC² Figure 1(b)(c)).
 
 "We compute the cosine similarity of gradients between tasks at each epoch. A negative value indicates
 conflicting gradients (angle > 90°)" [TC² §Motivation]. For K task gradients g_1..g_K (flattened over the
@@ -83,7 +83,7 @@ class ConflictSummary:
 
 
 class ConflictTracker:
-    """Collects per-step conflict metrics and summarises them per epoch (SPEC §7.1).
+    """Collects per-step conflict metrics and summarises them per epoch (D-DG-01).
 
     ``update`` only stores tensors; ``end_epoch`` does one host transfer for the whole epoch, appends the
     epoch's per-step :class:`ConflictRow` s to ``rows`` and its :class:`ConflictSummary` to ``summaries``.

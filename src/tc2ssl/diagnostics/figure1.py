@@ -1,4 +1,4 @@
-"""The Figure-1 replication: inter-task gradient cosine per epoch, several seeds of each plug-in (SPEC §7.1, R1).
+"""The Figure-1 replication: inter-task gradient cosine per epoch, several seeds of each plug-in (D-DG-01, R1).
 
 The paper (Fig. 1(b)(c)) plots, for SimCLR+T, the per-epoch cosine similarity between the gradients of the tasks
 of a batch: it fluctuates and is often negative. ``tc2ssl figure1`` pretrains each plug-in (default: ``tasks`` = +T

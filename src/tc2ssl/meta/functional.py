@@ -22,12 +22,12 @@ which the caller uses to hand a finished meta-gradient to the outer optimiser.
   and small models.
 - ``"first_order"``: g = v, the gradient at the adapted parameters applied to θ (FOMAML). This drops the
   α·H_in·v term of Eq. 7 and is TC²'s default ``stage2_mode``.
-- ``"finite_difference"``: g = v − α·[∇L_in(θ + εv) − ∇L_in(θ − εv)]/(2ε), ε = r/‖v‖ (SPEC (S5), DARTS-style).
-  This is the unrolled AID-FD hypergradient of GeSSL (SPEC §5.3): two extra gradient evaluations per task and
+- ``"finite_difference"``: g = v − α·[∇L_in(θ + εv) − ∇L_in(θ − εv)]/(2ε), ε = r/‖v‖ (D-EN-01, DARTS-style).
+  This is the unrolled AID-FD hypergradient of GeSSL (D-EN-01): two extra gradient evaluations per task and
   no double back-propagation; its error against ``"exact"`` is O(ε²).
 
 For ``steps`` = K > 1 inner steps the trajectory φ_0 = θ, …, φ_K is kept and the vector is pulled back with
-v ← (I − α H_in(φ_{k−1})) v for k = K..1, the Hessian-vector product taken by (S5) in ``"finite_difference"``
+v ← (I − α H_in(φ_{k−1})) v for k = K..1, the Hessian-vector product taken by (D-EN-01) in ``"finite_difference"``
 mode and by autograd through the whole unroll in ``"exact"`` mode. With α = 0 every mode returns ∇L_out(θ)
 exactly.
 
@@ -43,10 +43,11 @@ is the same as without the argument (up to float rounding), and nothing is writt
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -56,6 +57,8 @@ from tc2ssl.errors import ConfigError
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params], torch.Tensor]
+#: an inner learning rate: one number, or one per parameter name (e.g. TC²'s α₁ for f_v and α₂ for f_w)
+LearningRate = float | Params | dict[str, float]
 
 HYPERGRADIENT_MODES = ("first_order", "finite_difference", "exact")
 
@@ -69,6 +72,7 @@ class HypergradResult:
     inner_losses: L_in(φ_k) for k = 0..K−1 (the loss before each inner step), detached scalars.
     adapted:      φ_K, detached.
     inner_grads:  ∇L_in(θ), the first inner gradient, detached (free for diagnostics such as task conflict).
+    outer_aux:    what ``outer_loss_fn`` returned beside the loss (``has_aux=True``), else None.
     """
 
     outer_loss: torch.Tensor
@@ -76,6 +80,7 @@ class HypergradResult:
     inner_losses: list[torch.Tensor]
     adapted: Params
     inner_grads: Params
+    outer_aux: Any = None
 
 
 def module_params(module: nn.Module, requires_grad_only: bool = True) -> Params:
@@ -106,13 +111,31 @@ def functional_forward(module: nn.Module, tensors: Params | tuple[Params, ...], 
     return functional_call(module, tensors, args, tie_weights=has_tied_tensors(module), strict=strict)
 
 
-def cloned_buffers(module: nn.Module) -> Params:
+def cloned_buffers(module: nn.Module, children: Iterable[str] | None = None) -> Params:
     """Copies of the module's buffers, for ``functional_call(module, (params, buffers), ...)``.
 
     BatchNorm in training mode updates the running statistics of whatever buffers it is given; passing these
     copies keeps every inner, outer and finite-difference forward from touching the module's own statistics.
+    ``children``: only the buffers of these direct children (e.g. the ones a parameter dict routes to).
     """
-    return {name: b.detach().clone() for name, b in module.named_buffers()}
+    keep = None if children is None else set(children)
+    return {name: b.detach().clone() for name, b in module.named_buffers()
+            if keep is None or name.split(".", 1)[0] in keep}
+
+
+@contextlib.contextmanager
+def held(tensors: Iterable[torch.Tensor]) -> Iterator[None]:
+    """Within the block the ``tensors`` do not require grad (a network "held" while another is trained through
+    it: gradients flow through it, never into it); their previous flags are restored afterwards, also on error."""
+    tensors = list(tensors)
+    before = [t.requires_grad for t in tensors]
+    try:
+        for t in tensors:
+            t.requires_grad_(False)
+        yield
+    finally:
+        for t, flag in zip(tensors, before):
+            t.requires_grad_(flag)
 
 
 def _check_params(params: Params, what: str = "params") -> None:
@@ -175,23 +198,37 @@ def grad_dict(loss: torch.Tensor, params: Params, create_graph: bool = False, al
     return {n: grads[n] if n in grads else torch.zeros_like(p) for n, p in params.items()}
 
 
-def sgd_step(params: Params, grads: Params, lr: float) -> Params:
-    """One plain gradient step p − lr·g as new tensors (never in place)."""
+def _lr_of(lr: LearningRate, name: str):
+    return lr[name] if isinstance(lr, dict) else lr
+
+
+def _check_lr(lr: LearningRate, params: Params) -> None:
+    if isinstance(lr, dict):
+        _check_same_keys(params, lr, "the learning rates")
+    for value in (lr.values() if isinstance(lr, dict) else [lr]):
+        if not math.isfinite(value):
+            raise ConfigError(f"inner learning rate must be finite, got {value!r}")
+
+
+def sgd_step(params: Params, grads: Params, lr: LearningRate) -> Params:
+    """One plain gradient step p − lr·g as new tensors (never in place); ``lr`` one number or one per name."""
     _check_same_keys(params, grads, "grads")
-    return {name: p - lr * grads[name] for name, p in params.items()}
+    return {name: p - _lr_of(lr, name) * grads[name] for name, p in params.items()}
 
 
-def _unroll(inner_loss_fn: LossFn, params: Params, lr: float, steps: int, create_graph: bool,
-            first_loss: torch.Tensor | None = None) -> tuple[list[Params], list[torch.Tensor], Params]:
+def _unroll(inner_loss_fn: LossFn, params: Params, lr: LearningRate, steps: int, create_graph: bool,
+            first_loss: torch.Tensor | None = None,
+            grad_transform: Callable[[Params], Params] | None = None
+            ) -> tuple[list[Params], list[torch.Tensor], Params]:
     """The trajectory φ_0 = params, …, φ_steps of plain inner steps, L_in(φ_k) for k < steps, and ∇L_in(φ_0).
 
     ``first_loss``: L_in(φ_0) already evaluated on ``params`` (leaves), used instead of calling ``inner_loss_fn``.
+    ``grad_transform``: applied to every inner gradient before its step (e.g. clipping).
     """
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"inner steps must be an integer >= 1, got {steps!r}")
-    if not math.isfinite(lr):
-        raise ConfigError(f"inner learning rate must be finite, got {lr!r}")
     _check_params(params)
+    _check_lr(lr, params)
     current = params if create_graph or first_loss is not None else _leaves(params)
     trajectory, losses, first_grads = [current], [], {}
     for step in range(steps):
@@ -199,6 +236,8 @@ def _unroll(inner_loss_fn: LossFn, params: Params, lr: float, steps: int, create
         grads = grad_dict(loss, current, create_graph=create_graph)
         if step == 0:
             first_grads = {n: g.detach() for n, g in grads.items()}
+        if grad_transform is not None:
+            grads = grad_transform(grads)
         current = sgd_step(current, grads, lr)                                   # Eq. 6
         if not create_graph:
             current = _leaves(current)
@@ -207,24 +246,12 @@ def _unroll(inner_loss_fn: LossFn, params: Params, lr: float, steps: int, create
     return trajectory, losses, first_grads
 
 
-def inner_adapt(inner_loss_fn: LossFn, params: Params, lr: float, steps: int = 1,
-                create_graph: bool = False) -> tuple[Params, list[torch.Tensor]]:
-    """``steps`` plain gradient steps φ ← φ − lr·∇L_in(φ) from ``params`` (TC² Eq. 6).
-
-    With ``create_graph=False`` the adapted tensors are detached leaves with ``requires_grad=True`` (first
-    order); with ``create_graph=True`` they stay differentiable functions of ``params`` (second order).
-    Returns the adapted parameters and L_in before each step (detached).
-    """
-    trajectory, losses, _ = _unroll(inner_loss_fn, params, lr, steps, create_graph)
-    return trajectory[-1], losses
-
-
 def _global_norm(vector: Params) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in vector.values()]))
 
 
 def hessian_vector_product_fd(loss_fn: LossFn, params: Params, vector: Params, radius: float) -> Params:
-    """H(θ)·v ≈ [∇L(θ + εv) − ∇L(θ − εv)] / (2ε), ε = radius/‖v‖ (SPEC (S5)); detached.
+    """H(θ)·v ≈ [∇L(θ + εv) − ∇L(θ − εv)] / (2ε), ε = radius/‖v‖ (D-EN-01); detached.
 
     A zero vector gives a zero product (the probes then coincide); no host synchronisation.
     """
@@ -237,16 +264,17 @@ def hessian_vector_product_fd(loss_fn: LossFn, params: Params, vector: Params, r
     grad_plus = grad_dict(loss_fn(plus), plus)
     minus = _leaves({n: p.detach() - eps * vector[n] for n, p in params.items()})
     grad_minus = grad_dict(loss_fn(minus), minus)
-    return {n: (grad_plus[n] - grad_minus[n]) / (2 * eps) for n in params}            # (S5)
+    return {n: (grad_plus[n] - grad_minus[n]) / (2 * eps) for n in params}            # (D-EN-01)
 
 
-def hypergradient(outer_loss_fn: LossFn, inner_loss_fn: LossFn, params: Params, lr: float,
-                  mode: str = "first_order", fd_radius: float = 1e-2, steps: int = 1,
+def hypergradient(outer_loss_fn: Callable[[Params], Any], inner_loss_fn: LossFn, params: Params,
+                  lr: LearningRate, mode: str = "first_order", fd_radius: float = 1e-2, steps: int = 1,
                   first_inner_loss: torch.Tensor | None = None,
-                  probe_loss_fn: LossFn | None = None) -> HypergradResult:
+                  probe_loss_fn: LossFn | None = None, has_aux: bool = False,
+                  inner_grad_transform: Callable[[Params], Params] | None = None) -> HypergradResult:
     """d/dθ L_out(φ_K(θ)) where φ_K is ``steps`` inner SGD steps of size ``lr`` on L_in from θ = ``params``.
 
-    ``mode``: ``"first_order"`` (FOMAML, g = ∇L_out(φ_K)), ``"finite_difference"`` (unrolled AID-FD, SPEC (S5),
+    ``mode``: ``"first_order"`` (FOMAML, g = ∇L_out(φ_K)), ``"finite_difference"`` (unrolled AID-FD, D-EN-01,
     radius ``fd_radius``) or ``"exact"`` (autograd through the unroll). See the module docstring for how they
     relate to TC² Eqs. 6–7. ``params`` is only read: the result is detached and no ``.grad`` is written.
 
@@ -258,11 +286,18 @@ def hypergradient(outer_loss_fn: LossFn, inner_loss_fn: LossFn, params: Params, 
     ``inner_loss_fn``). The probes are numerical devices, not training forwards: a caller whose inner loss runs a
     module with train-mode BatchNorm passes one that runs on scratch buffers (:func:`cloned_buffers`), so that the
     probes leave the running statistics alone.
+
+    ``lr``: one inner step size, or one per parameter name. ``has_aux``: ``outer_loss_fn`` returns
+    ``(loss, aux)``; aux comes back as ``outer_aux`` (e.g. tensors computed at φ_K that the caller reuses).
+    ``inner_grad_transform``: applied to each inner gradient before its step (e.g. clipping to a norm); not with
+    ``"finite_difference"``, whose Hessian-vector product is that of the untransformed step.
     """
     if mode not in HYPERGRADIENT_MODES:
         raise ConfigError(f"hypergradient mode must be one of {HYPERGRADIENT_MODES}, got {mode!r}")
     if mode == "finite_difference" and not fd_radius > 0:
         raise ConfigError(f"finite-difference radius must be > 0, got {fd_radius!r}")
+    if mode == "finite_difference" and inner_grad_transform is not None:
+        raise ValueError("inner_grad_transform is not supported in finite_difference mode")
     if first_inner_loss is not None:
         _check_params(params)
         _check_first_inner_loss(first_inner_loss, params)
@@ -271,9 +306,9 @@ def hypergradient(outer_loss_fn: LossFn, inner_loss_fn: LossFn, params: Params, 
         theta = _leaves(params)
     exact = mode == "exact"
     trajectory, inner_losses, inner_grads = _unroll(inner_loss_fn, theta, lr, steps, create_graph=exact,
-                                                    first_loss=first_inner_loss)
+                                                    first_loss=first_inner_loss, grad_transform=inner_grad_transform)
     adapted = trajectory[-1]
-    outer_loss = outer_loss_fn(adapted)
+    outer_loss, outer_aux = outer_loss_fn(adapted) if has_aux else (outer_loss_fn(adapted), None)
     if exact:
         grads = grad_dict(outer_loss, theta)                                        # (I − αH)·v through autograd
     else:
@@ -281,18 +316,24 @@ def hypergradient(outer_loss_fn: LossFn, inner_loss_fn: LossFn, params: Params, 
         if mode == "finite_difference":
             for phi in reversed(trajectory[:-1]):                                   # v ← v − α·H(φ_{k−1})·v
                 hvp = hessian_vector_product_fd(probe_loss_fn or inner_loss_fn, phi, grads, fd_radius)
-                grads = {n: g - lr * hvp[n] for n, g in grads.items()}
+                grads = {n: g - _lr_of(lr, n) * hvp[n] for n, g in grads.items()}
     return HypergradResult(
         outer_loss=outer_loss.detach(),
         grads={n: g.detach() for n, g in grads.items()},
         inner_losses=inner_losses,
         adapted={n: p.detach() for n, p in adapted.items()},
         inner_grads=inner_grads,
+        outer_aux=outer_aux,
     )
 
 
 def accumulate(into: Params | None, grads: Params, scale: float = 1.0) -> Params:
     """``into + scale·grads`` as a new dict of new tensors (``into=None`` starts from zero); e.g. Σ_k of Eq. 7."""
+    if scale == 1.0:                             # exactly the same numbers, one multiplication fewer per tensor
+        if into is None:
+            return {n: g.detach().clone() for n, g in grads.items()}
+        _check_same_keys(into, grads, "grads")
+        return {n: acc + grads[n].detach() for n, acc in into.items()}
     if into is None:
         return {n: scale * g.detach() for n, g in grads.items()}
     _check_same_keys(into, grads, "grads")

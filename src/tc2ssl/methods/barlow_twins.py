@@ -1,12 +1,12 @@
 """Barlow Twins (Zbontar et al., 2021, "Barlow Twins: Self-Supervised Learning via Redundancy Reduction").
 
-Head: lightly's ``BarlowTwinsProjectionHead`` (3-layer MLP); its output is the calibration point (SPEC §3.5.3).
-Loss (SPEC §2.2, Barlow Twins Eq. 1): C = BN(z_a)ᵀBN(z_b)/n, Σ_i(1 − C_ii)² + λ Σ_{i≠j} C_ij², lightly's
+Head: lightly's ``BarlowTwinsProjectionHead`` (3-layer MLP); its output is the calibration point (D-TC-07).
+Loss (D-SSL-02, Barlow Twins Eq. 1): C = BN(z_a)ᵀBN(z_b)/n, Σ_i(1 − C_ii)² + λ Σ_{i≠j} C_ij², lightly's
 ``BarlowTwinsLoss`` with λ = ``cfg.lambda_bt`` (0 = 1/d); for v > 2 views, the mean over the view pairs u < w.
 BN standardises dimensions, not rows, so the loss is not invariant to ℓ2-normalising z: ``cosine_based`` is False
 (TC² does not ℓ2-normalise z).
 
-Query loss (SPEC §3.7): the native loss between BN(query view v) and BN(anchors), averaged over the query views,
+Query loss (D-TC-12): the native loss between BN(query view v) and BN(anchors), averaged over the query views,
 with the anchors c_i = mean_u ẑ_{i,u} of the support views (stop-gradient, not normalised: BN standardises them).
 """
 from __future__ import annotations
@@ -15,28 +15,17 @@ import torch
 from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 
-from tc2ssl.methods.base import METHODS, LossContext, SSLMethod, check_anchors, check_views, mean_over_view_pairs
+from tc2ssl.methods.base import METHODS, LossContext, WhiteningMethod, check_anchors
 
 
 @METHODS.register("barlow_twins")
-class BarlowTwins(SSLMethod):
+class BarlowTwins(WhiteningMethod):
     name = "barlow_twins"
-    cosine_based = False
-    needs_more_images_than_dims = True
-    min_support_views = 2
 
     def __init__(self, backbone, cfg):
         super().__init__(backbone, cfg)
         self.projector = BarlowTwinsProjectionHead(backbone.feat_dim, cfg.proj_hidden_dim, cfg.proj_output_dim)
         self.criterion = BarlowTwinsLoss(lambda_param=cfg.lambda_bt or 1.0 / cfg.proj_output_dim)
-
-    def support_loss(self, z: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        return mean_over_view_pairs(self.criterion, z)
-
-    def anchors(self, z_support: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        """c_i = mean_u ẑ_{i,u} under stop-gradient (no ℓ2 normalisation: the loss batch-normalises)."""
-        check_views(z_support, 1, "z_support")
-        return z_support.detach().mean(dim=1)
 
     def query_loss(self, z_query: torch.Tensor, anchors: torch.Tensor, ctx: LossContext) -> torch.Tensor:
         check_anchors(anchors, z_query)

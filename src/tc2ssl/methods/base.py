@@ -1,4 +1,4 @@
-"""The SSL-method contract (SPEC §2.2, §3.7), solo-learn style: a method is a head, a loss and a few hooks.
+"""The SSL-method contract (D-SSL-02, D-TC-12), solo-learn style: a method is a head, a loss and a few hooks.
 
 A method owns the backbone and its heads. Everything a plug-in needs is a hook:
 
@@ -9,7 +9,7 @@ A method owns the backbone and its heads. Everything a plug-in needs is a hook:
   ``ctx.calibrate`` set, ``z`` has already been calibrated (TC²); methods with a target branch calibrate their
   target embeddings with the same function.
 - ``anchors(z_support, ctx)``: per-image anchors [n, d] from the support views (stop-gradient), for the query loss.
-- ``query_loss(z_query, anchors, ctx)``: L_sse^q of Eq. 5/7, "the sum of squared errors on the query set" (§3.7).
+- ``query_loss(z_query, anchors, ctx)``: L_sse^q of Eq. 5/7, "the sum of squared errors on the query set" (D-TC-12).
 - ``after_step(progress)``: momentum updates and the like, once per outer step.
 
 The plain baseline trains with ``training_loss(views)`` on two views per image.
@@ -69,7 +69,7 @@ class SSLMethod(nn.Module):
     cosine_based: bool = True
     #: the smallest support set the support loss accepts (2 for pair losses, 1 for MAE)
     min_support_views: int = 2
-    #: generative (masked-reconstruction) methods build TC² tasks from masks: see ``task_views`` (SPEC §3.2 G-SSL)
+    #: generative (masked-reconstruction) methods build TC² tasks from masks: see ``task_views`` (D-TC-28)
     generative: bool = False
     #: the loss whitens a d-dim embedding over the images it sees (Barlow Twins' cross-correlation, VICReg's
     #: covariance): rank <= images, so a TC² task of n <= d images cannot reach its optimum (docs/results.md §5)
@@ -116,7 +116,7 @@ class SSLMethod(nn.Module):
         raise NotImplementedError
 
     def anchors(self, z_support: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        """Default anchor: c_i = n(mean_u ẑ_{i,u}) under stop-gradient (SPEC §3.7)."""
+        """Default anchor: c_i = n(mean_u ẑ_{i,u}) under stop-gradient (D-TC-12)."""
         return F.normalize(z_support.detach().mean(dim=1), dim=-1)
 
     def query_loss(self, z_query: torch.Tensor, anchors: torch.Tensor, ctx: LossContext) -> torch.Tensor:
@@ -140,6 +140,24 @@ class SSLMethod(nn.Module):
         """Called once after every outer optimiser step; ``progress`` in [0, 1] is the fraction of training done."""
 
 
+class WhiteningMethod(SSLMethod):
+    """Base of the methods whose loss whitens the embedding over the batch (Barlow Twins, VICReg): the loss depends
+    on the scale of z, a task needs more images than dimensions, the support loss is the mean over view pairs of
+    ``self.criterion`` and the anchors are the plain (unnormalised) means of the support embeddings."""
+
+    cosine_based = False
+    needs_more_images_than_dims = True
+    min_support_views = 2
+
+    def support_loss(self, z: torch.Tensor, ctx: LossContext) -> torch.Tensor:
+        return mean_over_view_pairs(self.criterion, z)
+
+    def anchors(self, z_support: torch.Tensor, ctx: LossContext) -> torch.Tensor:
+        """c_i = mean_u ẑ_{i,u} under stop-gradient (no ℓ2 normalisation: the loss depends on the scale)."""
+        check_views(z_support, 1, "z_support")
+        return z_support.detach().mean(dim=1)
+
+
 def check_views(z: torch.Tensor, min_views: int = 2, name: str = "z") -> None:
     if z.dim() != 3:
         raise ValueError(f"{name} must be [n_images, n_views, dim], got shape {tuple(z.shape)}")
@@ -159,7 +177,7 @@ def check_anchors(anchors: torch.Tensor, z_query: torch.Tensor) -> None:
 
 def mean_over_view_pairs(pair_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                          z: torch.Tensor) -> torch.Tensor:
-    """A two-view loss extended to m views (SPEC §2.2, multi-view generalisation): its mean over the m(m−1)/2 pairs
+    """A two-view loss extended to m views (D-SSL-02, multi-view generalisation): its mean over the m(m−1)/2 pairs
     of views of z [n, m, d]."""
     check_views(z, 2)
     pairs = [pair_loss(z[:, u], z[:, w]) for u, w in itertools.combinations(range(z.shape[1]), 2)]

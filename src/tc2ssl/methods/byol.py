@@ -1,18 +1,18 @@
 """BYOL (Grill et al., 2020, "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning").
 
-Heads: lightly's ``BYOLProjectionHead`` (its output is the calibration point, SPEC §3.5.3) and
+Heads: lightly's ``BYOLProjectionHead`` (its output is the calibration point, D-TC-07) and
 ``BYOLPredictionHead``, which is applied *after* calibration with the functional parameters ``ctx.params`` so that
 an adapted θ^k reaches it. Target: an EMA copy of backbone + projector (:class:`TargetNetwork`), never adapted by an
 inner step and updated once per outer step in ``after_step``, its momentum cosine-scheduled from ``cfg.momentum``
-to 1 (AMB-TC-22).
+to 1 (D-TC-22).
 
-Loss (SPEC §2.2): ‖n(q(ẑ_u)) − sg(n(ẑ′_w))‖² = 2 − 2cos, averaged over the ordered view pairs u ≠ w (for two
+Loss (D-SSL-02): ‖n(q(ẑ_u)) − sg(n(ẑ′_w))‖² = 2 − 2cos, averaged over the ordered view pairs u ≠ w (for two
 views: the symmetric loss averaged over both directions, i.e. 2 + 2·lightly's ``NegativeCosineSimilarity``).
 ẑ′ is the target network's embedding of ``ctx.views`` passed through ``ctx.calibrate`` (the same V and f_w, under
 stop-gradient). Without views (stage 1 of TC² works on fixed embeddings) the stop-gradient of the online ẑ stands
 in for the target.
 
-Query loss (SPEC §3.7): mean ‖n(q(ẑ_q)) − sg(n(c_i^tgt))‖², with c_i^tgt the normalised mean of the calibrated
+Query loss (D-TC-12): mean ‖n(q(ẑ_q)) − sg(n(c_i^tgt))‖², with c_i^tgt the normalised mean of the calibrated
 target embeddings of image i's support views.
 """
 from __future__ import annotations
@@ -110,7 +110,7 @@ class BYOL(SSLMethod):
         return 2 - 2 * cross_view_cosine(self.predict(z, ctx.params), targets)  # ‖n(p) − n(t)‖² = 2 − 2cos
 
     def anchors(self, z_support: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        """c_i^tgt = n(mean_u ẑ′_{i,u}) over the calibrated target embeddings of the support views (SPEC §3.7)."""
+        """c_i^tgt = n(mean_u ẑ′_{i,u}) over the calibrated target embeddings of the support views (D-TC-12)."""
         check_views(z_support, 1, "z_support")
         return F.normalize(target_embeddings(self.target, z_support, ctx).mean(dim=1), dim=-1)
 

@@ -1,21 +1,21 @@
-"""MAE (He et al., 2022, "Masked Autoencoders Are Scalable Vision Learners"), the G-SSL method of TC² (SPEC §2.2).
+"""MAE (He et al., 2022, "Masked Autoencoders Are Scalable Vision Learners"), the G-SSL method of TC² (D-SSL-02).
 
 Encoder: the ``vit_tiny`` backbone (:class:`~tc2ssl.models.backbones.TinyViT`), which encodes only the visible
 patches of a mask. Decoder (:class:`MAEDecoder`, 2 blocks): the visible latents at their patch positions among copies
 of a learned mask token, fixed sine-cosine positions, transformer blocks, a linear pixel head.
 
-Loss (SPEC §2.2): the mean over masked patches p of ‖x̂_p − x_p‖² (the squared error summed over the patch's pixels;
+Loss (D-SSL-02): the mean over masked patches p of ‖x̂_p − x_p‖² (the squared error summed over the patch's pixels;
 He et al. average over pixels instead, i.e. divide by C·p²). Optional per-patch target normalisation
 (``norm_pix_loss``, off by default): x_p ← (x_p − mean(x_p)) / sqrt(var(x_p) + 1e-6).
 
 A *view* of MAE is a masked image: :class:`MaskedViews` pairs images with patch masks (True = masked) and indexes
 like the [N, m, ...] view tensors of D-SSL methods, so TC²'s task split applies to it unchanged.
 
-- TC² (SPEC §3.2 G-SSL, ``generative = True``): ``task_views`` gives each image m random masks of one view; the
+- TC² (D-TC-28, ``generative = True``): ``task_views`` gives each image m random masks of one view; the
   support of a task is m' masked views plus the unmasked image (the reconstruction target), the query the other
   m − m' masked views. The calibration point is the per-token latents of the visible patches, before the decoder
-  (SPEC §3.5.3): ``embed`` returns [B, T, d]. ``anchors`` are the unmasked images' patches and ``query_loss`` is the
-  same masked-patch squared error of the query views against them (SPEC §3.7).
+  (D-TC-07): ``embed`` returns [B, T, d]. ``anchors`` are the unmasked images' patches and ``query_loss`` is the
+  same masked-patch squared error of the query views against them (D-TC-12).
 - Baseline (``plugin.name=none``): the loop's two augmented views are two masked samples, each with its own random
   mask (drawn from torch's global RNG, which the run seeds) and itself as the target.
 """
@@ -135,7 +135,7 @@ class MAE(SSLMethod):
     name = "mae"
     cosine_based = False
     min_support_views = 1
-    #: TC² builds masked-view tasks for it: one view per image, m masks, the unmasked image as target (SPEC §3.2)
+    #: TC² builds masked-view tasks for it: one view per image, m masks, the unmasked image as target (D-TC-13)
     generative = True
     #: every view's masked-patch error depends on that view only (the decoder's norms are LayerNorms)
     per_view_losses = True
@@ -168,7 +168,7 @@ class MAE(SSLMethod):
         return MaskedViews(images[:, None].expand(n, n_views, *images.shape[1:]), masks)
 
     def embed(self, x: MaskedViews, params: dict | None = None) -> torch.Tensor:
-        """Latents of the visible patches of masked views [B] -> [B, T, d] (the calibration point, SPEC §3.5.3)."""
+        """Latents of the visible patches of masked views [B] -> [B, T, d] (the calibration point, D-TC-07)."""
         if not isinstance(x, MaskedViews) or x.masks.dim() != 2:
             raise ValueError(f"MAE embeds masked views MaskedViews[B] (see MAE.task_views), got {type(x).__name__}")
         return self._call("backbone", x.images, x.masks, params=params)
@@ -210,13 +210,13 @@ class MAE(SSLMethod):
         return self.view_errors(z, views, targets, ctx.params).mean()
 
     def anchors(self, z_support: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        """The unmasked image of each support image, as reconstruction targets [n, P, C·p²] (SPEC §3.7)."""
+        """The unmasked image of each support image, as reconstruction targets [n, P, C·p²] (D-TC-12)."""
         if not isinstance(ctx.views, MaskedViews):
             raise ValueError("MAE's anchors are the unmasked images of the support views: pass them in ctx.views")
         return self.targets(ctx.views.images[:, 0])
 
     def query_loss(self, z_query: torch.Tensor, anchors: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        """L_sse^q: mean masked-patch error of the query views ``ctx.views`` against the anchors (SPEC §3.7)."""
+        """L_sse^q: mean masked-patch error of the query views ``ctx.views`` against the anchors (D-TC-12)."""
         n, v = z_query.shape[:2]
         targets = anchors.detach()[:, None].expand(n, v, *anchors.shape[1:])
         return self.view_errors(z_query, ctx.views, targets, ctx.params).mean()

@@ -1,7 +1,7 @@
 """MoCo v2 (Chen et al., 2020, "Improved Baselines with Momentum Contrastive Learning"; He et al., 2020, MoCo).
 
 Head: lightly's ``MoCoProjectionHead`` (2-layer MLP without BN, v2); its output is the calibration point
-(SPEC §3.5.3). Keys come from an EMA copy of backbone + projector (``TargetNetwork``), updated once per outer step
+(D-TC-07). Keys come from an EMA copy of backbone + projector (``TargetNetwork``), updated once per outer step
 in ``after_step`` with momentum cosine-scheduled from ``cfg.momentum`` to 1, never adapted by an inner step.
 
 Baseline (``baseline_loss``): lightly's MoCo v2 recipe, InfoNCE of online queries q = z(view 0) against the keys
@@ -9,13 +9,13 @@ k = z′(view 1) with lightly's ``MemoryBankModule`` of ``cfg.memory_bank_size``
 ``NTXentLoss(memory_bank_size=(size, d))``, tested). The bank is read always and written (keys enqueued) only
 when ``ctx.update_state``. ``memory_bank_size=0`` uses the support loss instead.
 
-Support loss (TC²): SPEC §3.7 wants negatives from within the task, and no loss may update the bank, so the
+Support loss (TC²): D-TC-12 wants negatives from within the task, and no loss may update the bank, so the
 support loss uses the other images' keys of the task as negatives (MoCo v3's in-batch InfoNCE), averaged over the
 ordered view pairs u ≠ w (for two views, MoCo v3's symmetrised ctr(q₁, k₂) + ctr(q₂, k₁), halved). Keys are the
 target network's embeddings of ``ctx.views`` passed through ``ctx.calibrate``; without views (stage 1 of TC² works
 on fixed embeddings) the stop-gradient of the online ẑ stands in for the keys.
 
-Query loss (SPEC §3.7): the Brier score of n-way prototype classification against the support anchors, as SimCLR.
+Query loss (D-TC-12): the Brier score of n-way prototype classification against the support anchors, as SimCLR.
 """
 from __future__ import annotations
 

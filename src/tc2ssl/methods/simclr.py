@@ -2,8 +2,8 @@
 
 Head: lightly's ``SimCLRProjectionHead`` (2-layer MLP with BN). Loss: NT-Xent with temperature τ — lightly's
 ``NTXentLoss`` for the two-view baseline; for TC²'s per-task support sets of m' >= 2 views, the multi-positive
-generalisation (mean of the pairwise NT-Xent over view pairs, SPEC §2.2), which equals lightly's loss for m' = 2
-(tested). Query loss (SPEC §3.7): the Brier score of n-way prototype classification against the support anchors,
+generalisation (mean of the pairwise NT-Xent over view pairs, D-SSL-02), which equals lightly's loss for m' = 2
+(tested). Query loss (D-TC-12): the Brier score of n-way prototype classification against the support anchors,
 a squared error that keeps negatives so the outer step cannot collapse.
 """
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """SimSiam (Chen & He, 2021, "Exploring Simple Siamese Representation Learning").
 
-Heads: lightly's ``SimSiamProjectionHead`` (its output is the calibration point, SPEC §3.5.3) and
+Heads: lightly's ``SimSiamProjectionHead`` (its output is the calibration point, D-TC-07) and
 ``SimSiamPredictionHead``, applied *after* calibration with the functional parameters ``ctx.params``.
 
-Loss (SPEC §2.2, SimSiam Eq. 2): ½D(p_a, sg z_b) + ½D(p_b, sg z_a) with D = −cos, i.e. lightly's
+Loss (D-SSL-02, SimSiam Eq. 2): ½D(p_a, sg z_b) + ½D(p_b, sg z_a) with D = −cos, i.e. lightly's
 ``NegativeCosineSimilarity`` averaged over both directions; for v > 2 views, the mean over the ordered view pairs
 u ≠ w. The stop-gradient branch is the (calibrated) online ẑ itself, so no view images are needed.
 
-Query loss (SPEC §3.7): mean ‖n(p(ẑ_q)) − sg(n(c_i))‖², with the default anchors c_i = n(mean_u ẑ_{i,u}) of the
+Query loss (D-TC-12): mean ‖n(p(ẑ_q)) − sg(n(c_i))‖², with the default anchors c_i = n(mean_u ẑ_{i,u}) of the
 support views under stop-gradient.
 """
 from __future__ import annotations

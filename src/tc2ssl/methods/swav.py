@@ -1,17 +1,17 @@
 """SwAV (Caron et al., 2020, "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments").
 
-Heads: lightly's ``SwaVProjectionHead``, whose output is the calibration point (SPEC §3.5.3), and
+Heads: lightly's ``SwaVProjectionHead``, whose output is the calibration point (D-TC-07), and
 ``SwaVPrototypes`` (``cfg.n_prototypes`` prototypes), applied *after* calibration to n(ẑ) with the functional
 parameters ``ctx.params``. The prototypes are ℓ2-normalised at construction and after every outer step
 (``after_step``, lightly's ``SwaVPrototypes.normalize``). Not implemented: the feature queue and the
 first-epoch freezing of the prototypes (small-batch refinements of the paper).
 
-Loss (SwAV Eq. 3, SPEC §2.2): swapped prediction, lightly's ``SwaVLoss`` with temperature ``cfg.temperature``
+Loss (SwAV Eq. 3, D-SSL-02): swapped prediction, lightly's ``SwaVLoss`` with temperature ``cfg.temperature``
 (SwAV uses 0.1; set ``method.temperature=0.1``) and 3 Sinkhorn iterations at ε = 0.05; for v views it is the
 mean over the ordered view pairs (u, w ≠ u) of the cross-entropy between softmax(scores_u/τ) and the Sinkhorn
 codes of view w.
 
-Query loss (SPEC §3.7): the Brier score between the query's prototype softmax p = softmax(scores/τ) and the
+Query loss (D-TC-12): the Brier score between the query's prototype softmax p = softmax(scores/τ) and the
 Sinkhorn codes q of its support anchor (c_i = n(mean_u ẑ_{i,u}), codes over the task's n anchors), taken as the
 expected Brier score of a label drawn from q: E_{k∼q}‖p − e_k‖² = ‖p‖² − 2⟨p, q⟩ + 1, the squared-error analogue
 of SwAV's cross-entropy E_{k∼q}[−log p_k]. Unlike ‖p − q‖², it keeps SwAV's equipartition defence: a collapsed

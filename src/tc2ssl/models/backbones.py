@@ -1,4 +1,4 @@
-"""Backbones with named intermediate layers (SPEC §2.1).
+"""Backbones with named intermediate layers (D-SSL-01).
 
 Every backbone maps float images [N, C, H, W] to pooled features h [N, feat_dim] (what downstream evaluation uses)
 and exposes ``forward_features(x, taps)`` returning globally average-pooled features of named layers, which the
@@ -6,31 +6,29 @@ per-layer diagnostics and UMM need.
 
 - ``small_cnn``: the CPU default, 4 conv blocks (widths ``model.widths``, default 32-64-128-128), stride 2 at blocks 2
   and 3, BN + ReLU. Taps ``block1..block4`` (``early`` = block2, ``last`` = block4).
-- ``small_cnn_tiny``: widths 16-32-64-64 (the spec's fast variant for the §9 checks), fixed: config validation
+- ``small_cnn_tiny``: widths 16-32-64-64 (our fast variant for tests and checks), fixed: config validation
   rejects other ``model.widths`` and records these.
 - ``resnet18`` / ``resnet50``: torchvision models (``model.cifar_stem``: 3x3 stride-1 conv, no max-pool), taps
   ``layer1..layer4``. Parameter names are torchvision's, so exported weights load into ``torchvision.models.resnet*``
   (``tc2ssl.models.export``).
 - ``timm:NAME``: any timm model (``pip install timm``), taps from its ``feature_info`` (module names, e.g.
   ``layer1..layer4``) and ``stage_last`` (the pooled output).
+- ``vit_tiny``: our small MAE encoder (D-SSL-01), a 4-block ViT of width 64 on 4-pixel patches, any channel
+  count and any square side divisible by 4. Taps ``block1..block4``; ``encode_visible`` encodes only the visible
+  tokens of a patch mask (MAE).
 
 Input normalisation: tc2ssl feeds every backbone x/127.5 - 1 (pixels in [-1, 1]; mean 0.5, std 0.5 on [0, 1]
 pixels). With ``model.pretrained=true`` the weights were trained on ImageNet-normalised RGB, so the backbone starts
 with an :class:`InputAdapter` that turns [-1, 1] pixels into what the weights expect (grey replicated to RGB, then
 the weights' mean/std); the pretrained conv1 is then kept whenever its shape fits the stem (always for
 ``cifar_stem=false`` and timm; the 3x3 CIFAR stem has no pretrained counterpart and starts from random init).
-- ``vit_tiny``: the spec's TinyViTMAE encoder (§2.1), a 4-block ViT of width 64 on 4-pixel patches, any channel
-  count and any square side divisible by 4. Taps ``block1..block4``; ``encode_visible`` encodes only the visible
-  tokens of a patch mask (MAE).
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
-from lightly.models.utils import get_2d_sine_cosine_positional_embedding, get_at_index
 
 from tc2ssl.errors import ConfigError
 from tc2ssl.registry import Registry
@@ -50,8 +48,16 @@ def _pool(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=(-2, -1)) if x.dim() == 4 else x
 
 
+class GlobalPool(nn.Module):
+    """Global average pooling of a feature map [N, C, H, W] (or tokens [N, T, C]) to [N, C]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1) if x.dim() == 3 else _pool(x)
+
+
 class Backbone(nn.Module):
-    """Base class: ``forward`` gives pooled features; ``forward_features`` gives named pooled taps."""
+    """Base class: ``forward`` gives pooled features; ``forward_features`` gives named pooled taps;
+    ``split(at=NAME)`` cuts the network into an early part and the rest."""
 
     feat_dim: int
     tap_names: tuple[str, ...]
@@ -68,6 +74,20 @@ class Backbone(nn.Module):
 
     def forward_features(self, x: torch.Tensor, taps: Sequence[str] = ("last",)) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def split(self, at: str) -> tuple[nn.Module, nn.Module]:
+        """``(early, rest)``: two modules that share this backbone's parameters (no copies), with
+        ``early(x)`` the unpooled output of layer ``at`` (a tap name or alias; [N, C, H, W] for CNNs, tokens
+        [N, T, D] for the ViT) and ``rest(early(x))`` equal to ``self(x)``, the pooled features [N, feat_dim].
+
+        Freezing ``early`` (``Plugin.freeze``) freezes exactly the backbone's layers up to and including ``at``.
+        Example: ``early, rest = backbone.split(at="early")``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be split")
+
+    def _tap_index(self, at: str) -> int:
+        """The position of tap ``at`` (name or alias) in ``tap_names``."""
+        return self.tap_names.index(self._resolve([at])[0])
 
     def _resolve(self, taps: Sequence[str]) -> list[str]:
         resolved = []
@@ -110,7 +130,7 @@ class ConvBlock(nn.Sequential):
 
 
 class SmallCNN(Backbone):
-    """Four conv blocks, stride 2 at blocks 2 and 3, global average pooling (SPEC §2.1)."""
+    """Four conv blocks, stride 2 at blocks 2 and 3, global average pooling (D-SSL-01)."""
 
     aliases = {"early": "block2", "last": "block4"}
 
@@ -137,6 +157,10 @@ class SmallCNN(Backbone):
         for block in self.blocks:
             x = block(x)
         return _pool(x)
+
+    def split(self, at: str) -> tuple[nn.Module, nn.Module]:
+        cut = self._tap_index(at) + 1
+        return nn.Sequential(*self.blocks[:cut]), nn.Sequential(*self.blocks[cut:], GlobalPool())
 
 
 class TorchvisionResNet(Backbone):
@@ -194,6 +218,13 @@ class TorchvisionResNet(Backbone):
 
     def forward(self, x):
         return self.net(self.input_adapter(x))
+
+    def split(self, at: str) -> tuple[nn.Module, nn.Module]:
+        cut = self._tap_index(at) + 1
+        net = self.net
+        layers = [getattr(net, name) for name in self.tap_names]
+        early = nn.Sequential(self.input_adapter, net.conv1, net.bn1, net.relu, net.maxpool, *layers[:cut])
+        return early, nn.Sequential(*layers[cut:], net.avgpool, nn.Flatten(1))   # torchvision's forward order
 
 
 class TimmBackbone(Backbone):
@@ -259,6 +290,35 @@ class TimmBackbone(Backbone):
     def forward(self, x):
         return self.net(self.input_adapter(x))
 
+    def split(self, at: str) -> tuple[nn.Module, nn.Module]:
+        """Supported for timm models whose feature stages are top-level children run in order by
+        ``forward_features`` (ResNets, RegNets, ...): ``early`` = the children up to ``at``, ``rest`` = the later
+        feature children then the model's ``forward_head``. Other models (e.g. ViTs, whose blocks are nested)
+        raise a ConfigError."""
+        name = self._resolve([at])[0]
+        children = dict(self.net.named_children())
+        stages = [s for s in self._stages if s in children]
+        if name not in stages or not hasattr(self.net, "forward_head"):
+            raise ConfigError(f"timm model {type(self.net).__name__} cannot be split at {name!r}: split supports "
+                              f"top-level feature stages of models with forward_head; here: {', '.join(stages)}")
+        names = list(children)
+        end = names.index(stages[-1]) + 1                     # the children after the last stage form the head
+        cut = names.index(name) + 1
+        early = nn.Sequential(self.input_adapter, *(children[n] for n in names[:cut]))
+        return early, _TimmRest(nn.Sequential(*(children[n] for n in names[cut:end])), self.net)
+
+
+class _TimmRest(nn.Module):
+    """The later feature stages of a timm model followed by its own ``forward_head`` (pooling and head)."""
+
+    def __init__(self, stages: nn.Sequential, net: nn.Module):
+        super().__init__()
+        self.stages = stages
+        object.__setattr__(self, "net", net)   # for forward_head only; its modules are registered elsewhere
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(self.stages(x))
+
 
 def _pool_stage(x, channels: int) -> torch.Tensor:
     """A timm feature map pooled to [N, channels]: NCHW or NHWC maps over their spatial dims, tokens [N, T, C]
@@ -300,139 +360,6 @@ def build_backbone(cfg, in_channels: int) -> Backbone:
     return BACKBONES.get(cfg.backbone)(cfg, in_channels)
 
 
-# ---------------------------------------------------------------------------------------------- tiny ViT (MAE)
-@functools.lru_cache(maxsize=16)
-def _sincos_table(grid: int, dim: int) -> torch.Tensor:
-    return torch.from_numpy(get_2d_sine_cosine_positional_embedding(dim, grid, cls_token=False)).float()
-
-
-def sincos_positions(grid: int, dim: int, like: torch.Tensor) -> torch.Tensor:
-    """The fixed 2-D sine-cosine position code of a grid x grid patch grid (MAE, He et al. 2022) [1, grid², dim],
-    on the device and dtype of ``like``; patches in row-major order, as ``lightly.models.utils.patchify``."""
-    return _sincos_table(grid, dim).to(device=like.device, dtype=like.dtype)[None]
-
-
-def visible_index(mask: torch.Tensor) -> torch.Tensor:
-    """Indices of the visible (False) patches of a patch mask bool [N, P] (True = masked): [N, T], ascending.
-
-    Every row must hide the same number of patches (``tc2ssl.data.tasks.make_masks`` guarantees it).
-    """
-    if mask.dim() != 2 or mask.dtype != torch.bool or mask.shape[0] == 0:
-        raise ValueError(f"mask must be bool [N >= 1, n_patches], got {mask.dtype} {tuple(mask.shape)}")
-    n_visible = (~mask).sum(dim=1)
-    low, high = int(n_visible.min()), int(n_visible.max())
-    if low != high or low == 0:
-        raise ValueError(f"every mask row must leave the same number (>= 1) of patches visible, got {low}..{high}")
-    return torch.argsort(mask.to(torch.uint8), dim=1, stable=True)[:, :low]
-
-
-class TransformerBlock(nn.Module):
-    """Pre-norm ViT block: x + MSA(LN(x)), then x + MLP(LN(x)) (Dosovitskiy et al., 2021).
-
-    The attention is written out (softmax(QKᵀ/√d_h)V) rather than taken from ``nn.MultiheadAttention``: PyTorch's
-    fused CPU attention kernel has no second derivative, which TC²'s exact bi-level mode (``stage2_mode=exact``)
-    needs.
-    """
-
-    def __init__(self, dim: int, n_heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        if dim % n_heads:
-            raise ConfigError(f"the ViT width {dim} is not divisible by its {n_heads} heads")
-        self.n_heads = n_heads
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(n, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        attention = (q @ k.transpose(-2, -1) * (d // self.n_heads) ** -0.5).softmax(dim=-1)
-        x = x + self.proj((attention @ v).transpose(1, 2).reshape(n, t, d))
-        return x + self.mlp(self.norm2(x))
-
-
-def init_vit_weights(module: nn.Module) -> None:
-    """MAE's initialisation: Xavier-uniform linear layers (and the patch projection, seen as one), zero biases."""
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
-class TinyViT(Backbone):
-    """SPEC §2.1 ``TinyViTMAE`` encoder: patch embedding (a stride-p convolution, any channel count), fixed 2-D
-    sine-cosine positions (computed for the input's grid, so any square side divisible by p works), ``depth``
-    pre-norm blocks and a final LayerNorm; no class token.
-
-    ``forward(x)`` mean-pools the tokens of the whole image [N, width]; ``forward(x, mask)`` is
-    ``encode_visible``: only the visible patches of ``mask`` (bool [N, P], True = masked) enter the blocks, which
-    return their latents [N, T, width] (MAE's encoder, and the calibration point of TC² for MAE, SPEC §3.5.3).
-    Taps ``block1..block4`` are the mean-pooled outputs of the blocks, ``block4`` after the final LayerNorm
-    (``early`` = block2, ``last`` = block4 = ``forward``).
-    """
-
-    aliases = {"early": "block2", "last": "block4"}
-
-    def __init__(self, in_channels: int = 1, patch_size: int = 4, width: int = 64, depth: int = 4,
-                 n_heads: int = 4, mlp_ratio: float = 4.0):
-        super().__init__()
-        if patch_size < 1 or width % 4:
-            raise ConfigError(f"TinyViT needs patch_size >= 1 and a width divisible by 4, got {patch_size}, {width}")
-        self.patch_size = patch_size
-        self.feat_dim = width
-        self.patch_embed = nn.Conv2d(in_channels, width, patch_size, stride=patch_size)
-        self.blocks = nn.ModuleList(TransformerBlock(width, n_heads, mlp_ratio) for _ in range(depth))
-        self.norm = nn.LayerNorm(width, eps=1e-6)
-        self.tap_names = tuple(f"block{i + 1}" for i in range(depth))
-        init_vit_weights(self)
-
-    def grid_size(self, x: torch.Tensor) -> int:
-        """Patches per side of images x [N, C, H, W] (square, side divisible by the patch size)."""
-        h, w = x.shape[-2:]
-        if h != w or h % self.patch_size:
-            raise ConfigError(f"model.backbone=vit_tiny needs square images with a side divisible by its patch size "
-                              f"{self.patch_size}, got {h}x{w}; set data.resolution accordingly")
-        return h // self.patch_size
-
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch tokens with positions [N, P, width], patches in row-major order."""
-        grid = self.grid_size(x)
-        t = self.patch_embed(x).flatten(2).transpose(1, 2)
-        return t + sincos_positions(grid, self.feat_dim, t)
-
-    def encode_visible(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Latents of the visible patches [N, T, width] (ascending patch order); masked patches are never seen."""
-        t = self.tokens(x)
-        if mask.shape != t.shape[:2]:
-            raise ValueError(f"mask must be [N, n_patches] = {tuple(t.shape[:2])}, got {tuple(mask.shape)}")
-        t = get_at_index(t, visible_index(mask))
-        for block in self.blocks:
-            t = block(t)
-        return self.norm(t)
-
-    def forward_features(self, x, taps=("last",)):
-        wanted = set(self._resolve(taps))
-        t = self.tokens(x)
-        out = {}
-        for name, block in zip(self.tap_names, self.blocks):
-            t = block(t)
-            if name in wanted:
-                out[name] = (self.norm(t) if name == self.tap_names[-1] else t).mean(dim=1)
-        return out
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is not None:
-            return self.encode_visible(x, mask)
-        t = self.tokens(x)
-        for block in self.blocks:
-            t = block(t)
-        return self.norm(t).mean(dim=1)
-
-
-@BACKBONES.register("vit_tiny")
-def _vit_tiny(cfg, in_channels: int) -> Backbone:
-    return TinyViT(in_channels, patch_size=VIT_TINY_PATCH_SIZE)
+# the ViT lives in tc2ssl.models.vit (registered there as vit_tiny); re-exported for older imports
+from tc2ssl.models.vit import (TinyViT, TransformerBlock, init_vit_weights, sincos_positions,  # noqa: E402,F401
+                               visible_index)

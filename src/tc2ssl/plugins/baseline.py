@@ -1,6 +1,6 @@
 """``plugin.name=none``: the plain SSL baseline — two views per image, the method's native loss.
 
-For the Figure-1 comparison the inter-task gradient cosine is also measured on the baseline (SPEC §7.1): the batch
+For the Figure-1 comparison the inter-task gradient cosine is also measured on the baseline (D-DG-01): the batch
 is split into ``plugin.conflict_tasks`` random halves and the gradients of each part's native loss are compared.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ def conflict_parameter_names(method, which: str) -> list[str]:
 class Baseline(Plugin):
     n_views = 2
     supports_loss_scaling = True   # its gradient is one backward() (the conflict metric's cosines need no scale)
+    supports_distributed = True
 
     def __init__(self, cfg, method, view_maker):
         super().__init__(cfg, method, view_maker)

@@ -1,4 +1,4 @@
-"""The factor extraction network f_v : ℝ^{(d+1)×d} → ℝ^{d×n_f} (SPEC §3.4, AMB-TC-18).
+"""The factor extraction network f_v : ℝ^{(d+1)×d} → ℝ^{d×n_f} (D-TC-18, D-TC-18).
 
 The paper gives no architecture. Here f_v is a column-wise shared MLP on Sᵀ with an orthonormal residual base:
 row j of Sᵀ is (μ_j, Σ[:, j]), the statistics of feature j, and the MLP maps it to the loadings of feature j on the
@@ -7,7 +7,7 @@ V = V0 at init and the orthogonality term of Eq. 1 starts at 0. No hard orthonor
 it would make that term vacuous. The minimiser of Eq. 1 for a fixed batch is the orthonormal basis of the top-n_f
 eigenvectors of Z_fᵀZ_f (a batch-adaptive PCA), which is what the tests check f_v can learn.
 
-Step-size invariance (our departure from SPEC §3.4, see docs/tc2.md): the MLP is shared by all d rows, so the
+Step-size invariance (our departure from D-TC-18, see docs/tc2.md): the MLP is shared by all d rows, so the
 gradient on its weights is a sum over d rows and a plain SGD step of size α moves V by O(d·α) — with d = 64 the
 spec's α = 1e-2 diverged within three steps. The MLP output is therefore scaled by 1/√d (and its input rows are
 LayerNorm-ed), which makes the change of V per SGD step independent of d, like a per-row step; V0 is a plain
@@ -27,7 +27,7 @@ class FactorNet(nn.Module):
     Args:
         dim: d, the dimension of the representation at the calibration point.
         n_factors: n_f <= d, the number of factors.
-        hidden: width of the MLP; the width used is max(hidden, n_factors) (SPEC §3.4: h = max(64, n_f)).
+        hidden: width of the MLP; the width used is max(hidden, n_factors) (D-TC-18: h = max(64, n_f)).
     """
 
     def __init__(self, dim: int, n_factors: int, hidden: int = 64):

@@ -1,4 +1,4 @@
-"""Runtime health metrics and guards of the TC² calibration (SPEC §3.6 guard metrics, §3.15 failure signatures).
+"""Runtime health metrics and guards of the TC² calibration (D-TC-33).
 
 :func:`health_metrics` returns 0-dim tensors (no host sync; log them when convenient), and
 :func:`health_warnings` turns their float values into human-readable warnings:
@@ -8,8 +8,8 @@
 | gate_sparsity    | [0.05, 0.95]                  | > 0.95: ẑ → 0 (λ₁ too large); < 0.05: ℓ1 has no effect |
 | cal_norm_ratio   | [0.3, 1.05]                   | < 0.3: ẑ → 0 (λ₁ too large); > 1.05: ẑ inflates z      |
 | orth_error       | <= 0.1 from epoch index 1 on  | V departs from orthogonality (α too large; use Adam)  |
-| lv_ratio         | <= 1.5 from epoch index 1 on  | V misses the batch's principal subspace (SPEC R7)     |
-| v_sigma_min      | >= 0.5                        | V is nearly rank-deficient ([S1]'s "factor collapse") |
+| lv_ratio         | <= 1.5 from epoch index 1 on  | V misses the batch's principal subspace (check R7)     |
+| v_sigma_min      | >= 0.5                        | V is nearly rank-deficient ("factor collapse") |
 | embed_std_scaled | >= 0.01                       | SSL collapse: √d · min_j std_j of the ℓ2-normalised z |
 | any              | finite                        | NaN/inf: fp32 for S and the orthogonality term         |
 """
@@ -25,9 +25,9 @@ from tc2ssl.tc2.weight_net import WeightNet
 SPARSITY_RANGE = (0.05, 0.95)
 NORM_RATIO_RANGE = (0.3, 1.05)
 MAX_ORTH_ERROR = 0.1
-MAX_LV_RATIO = 1.5             # SPEC R7: L_v / L_v^PCA <= 1.5 after the first epoch (<= 1.2 at the end)
+MAX_LV_RATIO = 1.5             # check R7: L_v / L_v^PCA <= 1.5 after the first epoch (<= 1.2 at the end)
 MIN_SIGMA = 0.5
-MIN_EMBED_STD_SCALED = 0.01    # SPEC §3.15: per-dimension std of ℓ2-normalised embeddings < 0.01/√d = collapse
+MIN_EMBED_STD_SCALED = 0.01    # D-TC-33: per-dimension std of ℓ2-normalised embeddings < 0.01/√d = collapse
 CLOSED_GATE = 0.1              # a gate below this counts as closed (gated mode)
 ZERO_WEIGHT_FRACTION = 1e-3    # free mode: |W| below this fraction of max|W| counts as zero
 
@@ -49,7 +49,7 @@ def health_metrics(basis: torch.Tensor, zf: torch.Tensor, weight_net: WeightNet,
     optimum, e.g. n_f = d, does not divide by zero); ``gate_sparsity`` the fraction of gates < 0.1 (gated) or of
     |W| < 1e-3·max|W| (free); ``cal_norm_ratio`` mean ‖ẑ‖/‖z‖; ``v_sigma_min`` the smallest singular value of V;
     ``embed_std_scaled`` √d times the smallest per-dimension std of the ℓ2-normalised rows of ``zf`` (about 1 for
-    embeddings spread over the sphere, 0 when the encoder collapses: SPEC §3.15's collapse detector).
+    embeddings spread over the sphere, 0 when the encoder collapses: D-TC-33's collapse detector).
     """
     with torch.no_grad():
         basis, zf, z_rows = basis.detach(), zf.detach(), z_rows.detach()
@@ -88,7 +88,7 @@ def _fmt(value: float | None) -> str:
 
 
 def health_warnings(metrics: dict[str, float], epoch: int) -> list[str]:
-    """Warnings for the metrics outside their healthy range (SPEC §3.15); missing keys are skipped.
+    """Warnings for the metrics outside their healthy range (D-TC-33); missing keys are skipped.
 
     ``epoch`` is 0-indexed; the orthogonality guard applies from epoch index 1 on (after the first epoch).
     """
@@ -113,7 +113,7 @@ def health_warnings(metrics: dict[str, float], epoch: int) -> list[str]:
     lv_ratio = finite.get("lv_ratio")
     if epoch >= 1 and lv_ratio is not None and lv_ratio > MAX_LV_RATIO:
         found.append(f"tc2 health: L_v = {lv_ratio:.3g} × its batch-PCA optimum > {MAX_LV_RATIO} at epoch {epoch} "
-                     "(SPEC R7): V does not track the batch's principal subspace; plugin.stage1_optimizer=adam "
+                     "(check R7): V does not track the batch's principal subspace; plugin.stage1_optimizer=adam "
                      "narrows the gap (docs/tc2.md)")
     sigma_min = finite.get("v_sigma_min")
     if sigma_min is not None and sigma_min < MIN_SIGMA:

@@ -1,14 +1,15 @@
 """TC² losses: the regularisers of Eqs. 1-3 and the per-task SSL losses on calibrated representations.
 
-- :func:`loss_v`: Eq. 1 / (S1), orthogonality of V plus reconstruction of Z_f in the factor span.
-- :func:`loss_w`: Eq. 2 / (S2), per-sample reconstruction from the factor weights plus their ℓ1 norm.
+- :func:`loss_v`: Eq. 1 with per-row means (D-TC-04): orthogonality of V plus reconstruction of Z_f in the factor span.
+- :func:`loss_w`: Eq. 2 with per-row means (D-TC-04): per-sample reconstruction from the factor weights plus their
+  ℓ1 norm.
 - :func:`loss_tc2`: Eq. 3, L_v + λ_s·L_w.
 - :func:`brier_query_loss`, :func:`proto_mse_loss`: L_sse^q of Eqs. 5/7, "the sum of squared errors on the
-  query set" (SPEC §3.7, AMB-TC-12).
-- :func:`nt_xent_multiview`: SimCLR's NT-Xent generalised to v >= 2 views per image (SPEC §2.2).
+  query set" (D-TC-12, D-TC-12).
+- :func:`nt_xent_multiview`: SimCLR's NT-Xent generalised to v >= 2 views per image (D-SSL-02).
 
 Reference: TC² — "Exploring Transferability of Self-Supervised Learning by Task Conflict Calibration",
-AAAI 2026, arXiv 2511.13787. Reductions (SPEC §3.6, AMB-TC-04): ``"mean"`` (default) averages over rows;
+AAAI 2026, arXiv 2511.13787. Reductions (D-TC-04, D-TC-04): ``"mean"`` (default) averages over rows;
 ``"sum"`` is the paper's literal form.
 
 Every function is a pure tensor function (no host syncs, no in-place ops on inputs, no value-dependent control flow),
@@ -56,7 +57,7 @@ def orthogonality_residual(basis: torch.Tensor) -> torch.Tensor:
 
 
 def loss_v(basis: torch.Tensor, zf: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """L_v = ‖VᵀV − I‖²_F + (1/R)‖Z_f − Z_f V Vᵀ‖²_F (Eq. 1; (S1) with ``reduction="mean"``, no 1/R for "sum").
+    """L_v = ‖VᵀV − I‖²_F + (1/R)‖Z_f − Z_f V Vᵀ‖²_F (Eq. 1 with ``reduction="mean"``, D-TC-04; no 1/R for "sum").
 
     Args:
         basis: V [d, n_f].
@@ -78,7 +79,7 @@ def loss_v(basis: torch.Tensor, zf: torch.Tensor, reduction: str = "mean") -> to
 
 def loss_v_optimum(zf: torch.Tensor, n_factors: int, reduction: str = "mean") -> torch.Tensor:
     """min_V L_v = Σ_{i>n_f} λ_i(Z_fᵀZ_f) (divided by R under ``"mean"``), attained by the orthonormal top-n_f
-    eigenvectors of Z_fᵀZ_f (SPEC §3.4). Used as a health metric (L_v / optimum)."""
+    eigenvectors of Z_fᵀZ_f (D-TC-18). Used as a health metric (L_v / optimum)."""
     _check_reduction(reduction)
     if zf.dim() != 2:
         raise ValueError(f"Zf must be [rows, d], got shape {tuple(zf.shape)}")
@@ -93,14 +94,14 @@ def loss_v_optimum(zf: torch.Tensor, n_factors: int, reduction: str = "mean") ->
 
 def loss_w(z: torch.Tensor, weights: torch.Tensor, basis: torch.Tensor, l1_coef: float = 0.05,
            reduction: str = "mean") -> torch.Tensor:
-    """L_w = (1/|J|) Σ_j [‖z_j − W_j Vᵀ‖²₂ + λ₁‖W_j‖₁] (Eq. 2 / (S2); no 1/|J| for "sum").
+    """L_w = (1/|J|) Σ_j [‖z_j − W_j Vᵀ‖²₂ + λ₁‖W_j‖₁] (Eq. 2 with ``reduction="mean"``, D-TC-04; no 1/|J| for "sum").
 
     Args:
         z: the rows z_j [R, d].
         weights: W [R, n_f], the factor weights f_w(z_j). The caller computes them with a detached V when V is
-            "pre-given" (AMB-TC-05); this function only evaluates the formula.
+            "pre-given" (D-TC-05); this function only evaluates the formula.
         basis: V [d, n_f].
-        l1_coef: λ₁ (SPEC §3.6: 0.05 for ℓ2-normalised z; the literal value is 1).
+        l1_coef: λ₁ (D-TC-04: 0.05 for ℓ2-normalised z; the literal value is 1).
     """
     _check_reduction(reduction)
     _check_positive("l1_coef", l1_coef, allow_zero=True)
@@ -133,7 +134,7 @@ def _check_query(z_query: torch.Tensor, anchors: torch.Tensor) -> None:
 
 def brier_query_loss(z_query: torch.Tensor, anchors: torch.Tensor, temperature: float,
                      reduction: str = "mean") -> torch.Tensor:
-    """Brier score of n-way prototype classification (L_sse^q for contrastive methods, SPEC §3.7).
+    """Brier score of n-way prototype classification (L_sse^q for contrastive methods, D-TC-12).
 
     p_{i,v} = softmax_j(cos(z_{i,v}, c_j)/τ) over the n anchors of the task; L = mean_{i,v} ‖p_{i,v} − e_i‖²₂
     (sum over (i, v) for ``"sum"``). All embeddings equal gives 1 − 1/n, so the outer step cannot collapse.
@@ -154,7 +155,7 @@ def brier_query_loss(z_query: torch.Tensor, anchors: torch.Tensor, temperature: 
 
 
 def proto_mse_loss(z_query: torch.Tensor, anchors: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """mean_{i,v} ‖n(z_{i,v}) − n(c_i)‖²₂ (``query_loss="proto_mse"``, SPEC §3.7; needs an anti-collapse term).
+    """mean_{i,v} ‖n(z_{i,v}) − n(c_i)‖²₂ (``query_loss="proto_mse"``, D-TC-12; needs an anti-collapse term).
 
     Args:
         z_query: query views [n, q, d].
@@ -168,7 +169,7 @@ def proto_mse_loss(z_query: torch.Tensor, anchors: torch.Tensor, reduction: str 
 
 
 def nt_xent_multiview(z: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    """NT-Xent over v >= 2 views per image: the mean over view pairs u < w of the two-view NT-Xent (SPEC §2.2).
+    """NT-Xent over v >= 2 views per image: the mean over view pairs u < w of the two-view NT-Xent (D-SSL-02).
 
     For a pair (u, w), anchor (i, u) has the positive (i, w) and the 2n − 2 negatives (j, u), (j, w), j ≠ i,
     exactly as in SimCLR (Chen et al., 2020) and lightly's ``NTXentLoss``, which this equals for v = 2.

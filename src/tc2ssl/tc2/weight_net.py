@@ -1,7 +1,7 @@
-"""The weight extraction network f_w and the calibration ẑ = f_w(z) Vᵀ (SPEC §3.5, AMB-TC-01/02/03).
+"""The weight extraction network f_w and the calibration ẑ = f_w(z) Vᵀ (D-TC-01, D-TC-01/02/03).
 
 f_w maps a representation z_j to its factor weights W_j ∈ ℝ^{n_f}; the calibrated representation is ẑ_j = W_j Vᵀ,
-a weighted combination of a few shared factors. (The paper's "W_j = f_w(z_j)Vᵀ" conflates the two; AMB-TC-01.)
+a weighted combination of a few shared factors. (The paper's "W_j = f_w(z_j)Vᵀ" conflates the two; D-TC-01.)
 
 Modes:
 
@@ -11,7 +11,7 @@ Modes:
   gates open, ẑ = z exactly.
 * ``"free"``: W = MLP(z), the literal f_w(z_j) of the paper (input z only).
 
-``task_context=True`` appends the task mean z̄_k of each row's task to the MLP input (AMB-TC-03 c).
+``task_context=True`` appends the task mean z̄_k of each row's task to the MLP input (D-TC-03).
 """
 from __future__ import annotations
 
@@ -86,5 +86,5 @@ class WeightNet(nn.Module):
 
 def calibrate(z: torch.Tensor, basis: torch.Tensor, weight_net: WeightNet,
               context: torch.Tensor | None = None) -> torch.Tensor:
-    """The calibrated representation ẑ = f_w(z) Vᵀ [R, d] (SPEC §3.5.1, the paper's question (iii))."""
+    """The calibrated representation ẑ = f_w(z) Vᵀ [R, d] (D-TC-01, the paper's question (iii))."""
     return weight_net(z, basis, context) @ basis.T

@@ -1,5 +1,9 @@
 """The pretraining loop (Lightning Fabric for devices, processes and precision).
 
+Why one file of ~490 lines: the order of everything a run does (build, plug-in hooks, resume, steps, collectives,
+logging, checkpoints, export) is the point of this module and reads in one place; the parts with a life of their
+own are elsewhere (``train/checkpoint.py``, ``train/schedule.py``, ``distributed.py``, the plug-ins).
+
 Per step: views and the TC² task split come from seeds derived from (run seed, epoch, step), and the image order of
 an epoch from (run seed, epoch), so a run resumed from its last epoch checkpoint replays exactly what an
 uninterrupted run does. A checkpoint is written atomically at the end of every epoch; a non-finite loss stops the run
@@ -37,7 +41,7 @@ from tc2ssl.methods import build_method
 from tc2ssl.models import build_backbone
 from tc2ssl.models.export import encoder_metadata
 from tc2ssl.plugins import build_plugin
-from tc2ssl.plugins.base import StepInfo
+from tc2ssl.plugins.base import StepInfo, trainable_parameters
 from tc2ssl.train.checkpoint import (CHECKPOINT_NAME, atomic_write_text, export_encoder, load_checkpoint,
                                      save_checkpoint)
 from tc2ssl.train.monitor import TrainingMonitor
@@ -335,10 +339,14 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     method, plugin, device = run.method, run.plugin, run.device
+    if cfg.train.init_from:                         # a post-hoc run starts from a finished run's weights
+        load_finished_run_weights(method, Path(cfg.train.init_from), cfg)
+    plugin.on_fit_start(run)                        # may freeze parts of the method: before the optimiser
+    trainable = trainable_parameters(method, plugin)   # the online parameters + the plug-in's outer parameters
     train_images = run.data.train.images
     batch = cfg.train.batch_size
     steps_per_epoch = len(train_images) // batch
-    optimizer = build_optimizer(method.online_parameters().values(), cfg.train)
+    optimizer = build_optimizer(trainable, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch)
     metrics_log = MetricsLog(out / "metrics.jsonl")
     ckpt_path = out / CHECKPOINT_NAME
@@ -383,6 +391,7 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
     for epoch in range(start_epoch, cfg.train.epochs):
         method.train()
         plugin.train()
+        plugin.on_epoch_start(epoch)                # e.g. frozen modules back in eval mode
         order_gen = torch.Generator().manual_seed(step_seed(cfg.seed, epoch, 0, stream=1))
         order = torch.randperm(len(train_images), generator=order_gen)
         progress = _progress(cfg, epoch, steps_per_epoch) if rank_zero else None
@@ -401,12 +410,12 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
             with seeded(step_seed(cfg.seed, epoch, b, stream=3), device), run.fabric.autocast():
                 metrics = plugin.training_step(images, info)
             if dist.active:
-                dist.all_reduce_gradients_(method.online_parameters().values())   # Σ of the processes' shares
+                dist.all_reduce_gradients_(trainable)         # Σ of the processes' shares
                 metrics = dist.average_metrics(metrics)   # the same numbers (and decisions) in every process
             loss = metrics["loss"].detach()
             watch.update(loss, epoch, global_step)     # a device-side record: no host synchronisation per step
             lr = optimizer.param_groups[0]["lr"]   # the step's own lr (the scheduler moves it after the step)
-            apply_gradients(optimizer, method.online_parameters().values(), cfg.train.grad_clip, scaler)
+            apply_gradients(optimizer, trainable, cfg.train.grad_clip, scaler)
             scheduler.step()
             if dist.active and plugin_state:
                 dist.broadcast_(plugin_state)   # rank 0's stage-1 result: nondeterministic kernels cannot drift
@@ -452,6 +461,7 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
             break
 
     monitor.close()
+    plugin.on_fit_end(out)
     if rank_zero:
         export_encoder(out / "encoder.safetensors", method.backbone, encoder_metadata(
             method.backbone, cfg.model.backbone, run.data.train.channels, run.data.train.resolution,
@@ -466,6 +476,21 @@ def _progress(cfg, epoch: int, steps: int):
     from tqdm import tqdm
 
     return tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True)
+
+
+def load_finished_run_weights(method: torch.nn.Module, run_dir: Path, cfg: config_mod.RunConfig) -> None:
+    """Start ``method`` from the weights a finished run folder's checkpoint holds (``train.init_from``, the
+    post-hoc entry point ``tc2ssl posthoc``): the whole method when that run used the same ``method`` and ``model``
+    config, otherwise its backbone only."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"train.init_from={run_dir} has no {CHECKPOINT_NAME}: give a finished run folder")
+    state = load_checkpoint(path)
+    same = all(state["config"].get(k) == config_mod.to_dict(cfg)[k] for k in ("method", "model"))
+    weights = state["method"] if same else {k: v for k, v in state["method"].items() if k.startswith("backbone.")}
+    missing, unexpected = method.load_state_dict(weights, strict=same)
+    if unexpected or (same and missing):
+        raise CheckpointError(f"the weights of {run_dir} do not fit this method (unexpected {unexpected[:3]})")
 
 
 def load_run_config(run_dir: Path) -> config_mod.RunConfig:

@@ -1,0 +1,56 @@
+"""The figures of a benchmark's results folder: metric bars per row and the K-ablation curve (matplotlib, Agg)."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, ax, title: str, png_path: Path) -> Path:
+    """Title (wrapped: suite titles are long, never clip them), legend, layout, and the PNG written."""
+    ax.set_title(textwrap.fill(title, 90), fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    return png_path
+
+
+def plot_metric_bars(summary: dict, metrics: list[str], png_path: Path, title: str) -> Path:
+    """Grouped bars: one group per metric, one bar per row (mean over seeds, error bar = std), in percent."""
+    fig = _figure(max(6.0, 0.6 * len(metrics) * max(1, len(summary)) ** 0.5 + 2), 4)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(1, len(summary))
+    for i, (label, by_metric) in enumerate(summary.items()):
+        xs = [j + (i - (len(summary) - 1) / 2) * width for j in range(len(metrics))]
+        ax.bar(xs, [100 * by_metric[m]["mean"] for m in metrics], width,
+               yerr=[100 * by_metric[m]["std"] for m in metrics], capsize=2,
+               label=label.replace("tasks", "+T").replace("tc2", "TC²"))
+    ax.set_xticks(range(len(metrics)))
+    ax.set_xticklabels(metrics, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    return _save(fig, ax, title, png_path)
+
+
+def plot_k_curve(curve: dict[int, dict], references: dict[str, float], png_path: Path, title: str) -> Path:
+    """TC² accuracy (mean ± std over seeds) against K on a log2 axis, the reference rows as horizontal lines."""
+    fig = _figure(6, 4)
+    ax = fig.add_subplot(1, 1, 1)
+    ks = list(curve)
+    ax.errorbar(ks, [100 * curve[k]["mean"] for k in ks], yerr=[100 * curve[k]["std"] for k in ks], marker="o",
+                capsize=3, label="TC²")
+    for (label, value), style in zip(references.items(), (":", "--")):
+        ax.axhline(100 * value, linestyle=style, color="grey", label=label.replace("tasks", "+T"))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.set_xlabel("K (tasks per batch)")
+    ax.set_ylabel("linear probe accuracy (%)")
+    return _save(fig, ax, title, png_path)

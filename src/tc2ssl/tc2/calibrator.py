@@ -1,0 +1,310 @@
+"""TC²'s calibrator: f_v, f_w, the batch statistics, the calibrated representation and its stage-1 update.
+
+Per batch (docs/tc2.md has the equation-to-code table):
+
+- statistics S = [mean; covariance] of the representations Z at θ (``tc2ssl.tc2.stats.batch_statistics``);
+- f_v: V = f_v(S) [d, n_f], the task-conflict factors; f_w: W = f_w(z, V), the per-row weights;
+- the calibrated representation ẑ = f_w(z)Vᵀ of the vector z', which is z ℓ2-normalised (``input_norm=l2``),
+  z/s with s the batch RMS norm (``rms``; ẑ is then multiplied back by s, so calibration is scale-equivariant),
+  or z itself (``none``) (D-TC-04);
+- L_tc² = L_v + λ_s·L_w (Eqs. 1-3);
+- stage 1 (Eqs. 4-5), the encoder fixed: a support step of f_v, f_w on L̄^s = (1/K)Σ_k L_ssl^s + L_tc², then a query
+  step on L̄^q = (1/K)Σ_k L_sse^q + L_tc², through the bi-level engine (``tc2ssl.meta.functional.hypergradient``):
+  ``stage1_mode=sequential`` steps from the adapted f' (Eq. 5 as written), ``fomaml`` applies ∇ at f' to f,
+  ``maml`` differentiates through the support step (D-TC-09).
+
+The task plug-in supplies the losses: the method's ``support_loss`` and its own ``query_loss``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from tc2ssl.data.tasks import TaskSplit
+from tc2ssl.errors import ConfigError
+from tc2ssl.meta.functional import Params, grad_dict, hypergradient, sgd_step
+from tc2ssl.methods.base import LossContext, sub_params
+from tc2ssl.tc2.factor_net import FactorNet
+from tc2ssl.tc2.health import health_metrics
+from tc2ssl.tc2.losses import loss_tc2, loss_v, loss_w
+from tc2ssl.tc2.stats import batch_statistics
+from tc2ssl.tc2.weight_net import WeightNet
+
+#: S and L_v of token-level representations use at most this many token rows (D-TC-29)
+MAX_STATISTIC_TOKENS = 4096
+#: the stream constant that derives the token subsample from the step seed
+TOKEN_STREAM = 0x51E7
+
+
+@dataclass
+class Calibration:
+    """ẑ = s·f_w(z'/s)Vᵀ for rows z [R, d] with V = ``basis`` and f_w at ``phi`` (None: the live f_w): the
+    ``calibrate`` callable the loss hooks receive (``LossContext.calibrate``) and the step's transform."""
+
+    calibrator: "Calibrator"
+    basis: torch.Tensor
+    phi: Params | None = None
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self.calibrator.calibrated(self.calibrator.prep(z), self.basis, self.phi)
+
+
+@dataclass
+class Stage1Batch:
+    """What the stage-1 objectives of one batch read.
+
+    z_all:       [N, m, d] prepped representations at θ (or [N, m, T, d] token latents), detached.
+    stats:       S of the statistic rows.
+    split:       the batch's K tasks.
+    stat_rows:   the token rows S and L_v use (None: all rows).
+    lw_rows:     rows of L_w per objective ("support", "query").
+    views:       the step's views for a generative method's loss hooks (None otherwise).
+    query_loss:  L_sse^q of one task (the plug-in's ``query_loss``).
+    """
+
+    z_all: torch.Tensor
+    stats: torch.Tensor
+    split: TaskSplit
+    stat_rows: torch.Tensor | None
+    lw_rows: dict[str, torch.Tensor]
+    views: Any
+    query_loss: Callable[..., torch.Tensor]
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """Every representation row [N·m(·T), d]."""
+        return self.z_all.reshape(-1, self.z_all.shape[-1])
+
+
+class Calibrator(nn.Module):
+    """f_v and f_w with their stage-1 update; built by the TC² plug-in when ``plugin.calibration=true``."""
+
+    def __init__(self, cfg, method, bilevel: bool, tasks_in_one_loss_call: bool):
+        super().__init__()
+        self.cfg = cfg
+        object.__setattr__(self, "method", method)       # owned by the training loop, not checkpointed here
+        self.bilevel = bilevel
+        self.tasks_in_one_loss_call = tasks_in_one_loss_call
+        self.input_norm = cfg.input_norm if cfg.input_norm != "auto" else ("l2" if method.cosine_based else "rms")
+        self.scale = torch.ones(())  # s of input_norm=rms: the detached batch RMS norm of z (1 otherwise)
+        dim = method.embed_dim
+        self.n_factors = cfg.n_factors or max(1, dim // 2)
+        if self.n_factors > dim:
+            raise ConfigError(f"plugin.n_factors={self.n_factors} exceeds the representation dimension {dim}")
+        self.factor_net = FactorNet(dim, self.n_factors, hidden=cfg.factor_hidden)
+        self.weight_net = WeightNet(dim, self.n_factors, hidden=cfg.weight_hidden, mode=cfg.weight_mode,
+                                    gate_bias_init=cfg.gate_bias_init)
+        self.stage1_optimizer = (torch.optim.Adam(self.parameter_dict().values(), lr=cfg.stage1_adam_lr)
+                                 if cfg.stage1_optimizer == "adam" else None)
+        self.factor_base_initialised = False   # plugin.factor_init=pca: set at the first stage 1 (checkpointed)
+
+    def parameter_dict(self) -> Params:
+        """φ: the live parameters of f_v and f_w, named ``factor_net.*`` and ``weight_net.*``."""
+        return {f"factor_net.{k}": v for k, v in self.factor_net.named_parameters()} | \
+               {f"weight_net.{k}": v for k, v in self.weight_net.named_parameters()}
+
+    # ------------------------------------------------------------------ ẑ (Eqs. 1-3)
+    def prep(self, z: torch.Tensor) -> torch.Tensor:
+        """z' = the vector that is calibrated: z ℓ2-normalised per row (l2), z/s (rms) or z (none)."""
+        if self.input_norm == "l2":
+            return F.normalize(z, dim=-1)
+        if self.input_norm == "rms":
+            return z / self.scale
+        return z
+
+    def set_scale(self, z: torch.Tensor) -> None:
+        """Fix s for this batch from the stage-1 representations (detached; shared by both stages)."""
+        if self.input_norm == "rms":
+            self.scale = z.detach().pow(2).sum(-1).mean().sqrt().clamp_min(1e-6)
+        else:
+            self.scale = torch.ones((), device=z.device, dtype=z.dtype)
+
+    def calibrated(self, z_prepped: torch.Tensor, basis: torch.Tensor, phi: Params | None = None) -> torch.Tensor:
+        """ẑ in the scale the SSL loss expects: s·f_w(z/s)Vᵀ for rms (scale-equivariant), f_w(z)Vᵀ otherwise."""
+        return self.scale * self.calibrate(z_prepped, basis, phi)
+
+    def factors(self, stats: torch.Tensor, phi: Params | None = None) -> torch.Tensor:
+        """V = f_v(S) [d, n_f]."""
+        if phi is None:
+            return self.factor_net(stats)
+        return functional_call(self.factor_net, sub_params(phi, "factor_net"), (stats,))
+
+    def weights(self, z: torch.Tensor, basis: torch.Tensor, phi: Params | None = None) -> torch.Tensor:
+        """W = f_w(z, V) [R, n_f]."""
+        if phi is None:
+            return self.weight_net(z, basis)
+        return functional_call(self.weight_net, sub_params(phi, "weight_net"), (z, basis))
+
+    def calibrate(self, z: torch.Tensor, basis: torch.Tensor, phi: Params | None = None) -> torch.Tensor:
+        """ẑ = f_w(z) Vᵀ: the calibrated representation (the paper's answer to its question (iii))."""
+        return self.weights(z, basis, phi) @ basis.T
+
+    def loss_tc2(self, zf: torch.Tensor, basis: torch.Tensor, rows: torch.Tensor, phi: Params | None,
+                 lv_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(L_tc², L_v, L_w): L_v on all rows (Eq. 1), or on ``lv_rows`` when given (token subsample), L_w on
+        ``rows`` (Eq. 2), L_tc² = L_v + λ_s·L_w (Eq. 3)."""
+        p = self.cfg
+        zero = zf.new_zeros(())
+        z_lv = zf if lv_rows is None else zf[lv_rows]
+        lv = loss_v(basis, z_lv, reduction=p.reduction) if p.use_loss_v else zero
+        lw = zero
+        if p.use_loss_w:
+            basis_w = basis.detach() if p.detach_v_in_lw else basis  # "V is a pre-given matrix" (D-TC-05)
+            z_rows = zf[rows]
+            lw = loss_w(z_rows, self.weights(z_rows, basis_w, phi), basis_w, l1_coef=p.l1_coef, reduction=p.reduction)
+        return loss_tc2(lv, lw, p.lam_s), lv, lw                                    # Eq. (3)
+
+    # ------------------------------------------------------------------ stage 1 (Eqs. 4-5)
+    def stage1(self, z_all: torch.Tensor, split: TaskSplit, views, seed: int,
+               query_loss: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+        """Update f_v, f_w with the encoder fixed; return V* = f_v(S) (detached) for stage 2, the metrics, the
+        statistic rows and S.
+
+        z_all: [N, m, d] detached representations at θ (already prepped), or [N, m, T, d] token latents of a
+        generative method, whose S and L_v use at most ``MAX_STATISTIC_TOKENS`` token rows drawn with ``seed``.
+        views: the step's views; the loss hooks of generative methods get each task's views in ``ctx.views``.
+        query_loss: L_sse^q of one task, ``query_loss(z_query, z_support, params, xs, xq, calibrate)``.
+        """
+        batch = self._stage1_batch(z_all, split.to(z_all.device), views, seed, query_loss)
+        z_stats = batch.rows if batch.stat_rows is None else batch.rows[batch.stat_rows]
+        if self.cfg.factor_init == "pca" and not self.factor_base_initialised:  # V0 from the first batch
+            self.factor_net.init_base_from(z_stats)
+            self.factor_base_initialised = True
+        with torch.enable_grad():                  # stage 1 differentiates, whatever the caller's grad mode
+            metrics = self._update(batch)
+        with torch.no_grad():
+            basis = self.factor_net(batch.stats).detach()                          # V* for stage 2 (D-TC-17)
+        return basis, metrics, z_stats, batch.stats
+
+    def _stage1_batch(self, z_all, split: TaskSplit, views, seed: int, query_loss) -> Stage1Batch:
+        n_img, m, d = z_all.shape[0], z_all.shape[1], z_all.shape[-1]
+        zf = z_all.reshape(-1, d)                                                   # [N·m(·T), d]
+        stat_rows = None
+        if z_all.dim() == 4 and zf.shape[0] > MAX_STATISTIC_TOKENS:                 # token rows: subsample
+            generator = torch.Generator().manual_seed(seed ^ TOKEN_STREAM)
+            stat_rows = torch.randperm(zf.shape[0], generator=generator)[:MAX_STATISTIC_TOKENS]
+            stat_rows = stat_rows.to(zf.device, non_blocking=True)
+        stats = batch_statistics(zf if stat_rows is None else zf[stat_rows])
+        rows = torch.arange(zf.shape[0], device=zf.device).view(n_img, m, -1)      # [N, m, rows per view]
+        images = torch.arange(n_img, device=zf.device)[:, None]
+        lw_rows = {"support": rows[images, split.support_idx].reshape(-1),
+                   "query": rows[images, split.query_idx].reshape(-1)}
+        if self.cfg.lw_rows == "all":
+            lw_rows = {"support": rows.reshape(-1), "query": rows.reshape(-1)}
+        return Stage1Batch(z_all=z_all, stats=stats, split=split, stat_rows=stat_rows, lw_rows=lw_rows,
+                           views=views if self.method.generative else None, query_loss=query_loss)
+
+    def _update(self, batch: Stage1Batch) -> dict[str, torch.Tensor]:
+        """One stage-1 update of φ: the support step (Eq. 4) then the query step (Eq. 5); returns the metrics."""
+        p = self.cfg
+        phi = self.parameter_dict()
+        lr_support = {k: (p.alpha1 if k.startswith("factor_net.") else p.alpha2) for k in phi}
+        lr_query = {k: (p.alpha3 if k.startswith("factor_net.") else p.alpha4) for k in phi}
+        loss_s, (ssl_s, lv_s, lw_s) = self.objective(phi, batch, "support")       # Eq. (4) objective L̄^s
+        metrics = {"tc2/stage1_ssl_support": ssl_s, "tc2/loss_v": lv_s, "tc2/loss_w": lw_s}
+        if not self.bilevel:                                                        # Table-12 "no bi-level"
+            self._write(sgd_step(_detached(phi), self._clip(grad_dict(loss_s, phi)), lr_support))
+            return metrics
+        if self.stage1_optimizer is not None:                                     # option: Adam, two steps
+            self._adam_step(phi, self._clip(grad_dict(loss_s, phi)))
+            loss_q, (ssl_q, lv_q, lw_q) = self.objective(phi, batch, "query")
+            self._adam_step(phi, self._clip(grad_dict(loss_q, phi)))
+        else:                             # f' = f − α∇L̄^s (Eq. 4); ∇L̄^q at f' (first order) or through f' (maml)
+            result = hypergradient(partial(self.objective, batch=batch, which="query"),
+                                   partial(self.objective_value, batch=batch, which="support"), phi, lr=lr_support,
+                                   mode="exact" if p.stage1_mode == "maml" else "first_order",
+                                   first_inner_loss=loss_s, has_aux=True, inner_grad_transform=self._clip)
+            ssl_q, lv_q, lw_q = result.outer_aux
+            start = result.adapted if p.stage1_mode == "sequential" else _detached(phi)   # Eq. (5): f = f' − α∇
+            self._write(sgd_step(start, self._clip(result.grads), lr_query))
+        metrics.update({"tc2/stage1_sse_query": ssl_q, "tc2/loss_v_query": lv_q, "tc2/loss_w_query": lw_q})
+        return metrics
+
+    def objective(self, phi: Params, batch: Stage1Batch, which: str) -> tuple[torch.Tensor, tuple]:
+        """L̄^s (``which="support"``, Eq. 4) or L̄^q (``"query"``, Eq. 5) at φ = ``phi``, and its detached parts
+        (the SSL term, L_v, L_w): ``stage1_ssl_weight``·(1/K)Σ_k L_k + L_tc²."""
+        z_all, d = batch.z_all, batch.z_all.shape[-1]
+        basis = self.factors(batch.stats, phi)
+        support_only = which == "support" and self.bilevel   # the bi-level support objective reads no query rows
+        if support_only:
+            images = torch.arange(z_all.shape[0], device=z_all.device)[:, None]
+            z_support = z_all[images, batch.split.support_idx]                     # [N, m', (T,) d], batch order
+            z_hat = self.calibrated(z_support.reshape(-1, d), basis, phi).view(z_support.shape)
+        else:            # calibration is row-wise: ONE f_w call over the rows of all K tasks
+            z_hat = self.calibrated(batch.rows, basis, phi).view(z_all.shape)       # [N, m, (T,) d]
+        calibration = Calibration(self, basis, phi)
+        tasks = [None] if self.tasks_in_one_loss_call else range(batch.split.n_tasks)
+        losses = [self._task_loss(task, z_hat, support_only, batch, calibration) for task in tasks]
+        ssl = torch.stack(losses).mean()                                            # (1/K)Σ_k in Eqs. 4-5
+        tc2, lv, lw = self.loss_tc2(batch.rows, basis, batch.lw_rows[which], phi, lv_rows=batch.stat_rows)
+        return self.cfg.stage1_ssl_weight * ssl + tc2, (ssl.detach(), lv.detach(), lw.detach())
+
+    def objective_value(self, phi: Params, batch: Stage1Batch, which: str) -> torch.Tensor:
+        """The objective alone (the engine's inner loss)."""
+        return self.objective(phi, batch, which)[0]
+
+    def _task_loss(self, task: int | None, z_hat: torch.Tensor, support_only: bool, batch: Stage1Batch,
+                   calibration: Calibration) -> torch.Tensor:
+        """Task k's SSL loss on calibrated rows (task None: all K tasks' rows as one task, the same number when
+        ``tasks_in_one_loss_call``). ``z_hat``: the support views' rows when ``support_only``, else all views'."""
+        split, views = batch.split, batch.views
+        members = split.members(task)
+        xs = None if views is None else split.support_views(views, task)
+        if support_only:
+            return self.method.support_loss(z_hat[members], LossContext(views=xs, calibrate=calibration))
+        if not self.bilevel:                         # joint variant: the SSL loss over all views of the task
+            joint_views = None if views is None else views[members]
+            return self.method.support_loss(z_hat[members], LossContext(views=joint_views, calibrate=calibration))
+        xq = None if views is None else split.query_views(views, task)
+        return batch.query_loss(split.query_views(z_hat, task), split.support_views(z_hat, task), None, xs, xq,
+                                calibration)
+
+    def _clip(self, grads: Params) -> Params:
+        """Scale a stage-1 gradient to global norm <= plugin.stage1_grad_clip (0 = off, the literal update)."""
+        limit = self.cfg.stage1_grad_clip
+        if not limit:
+            return grads
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
+        factor = (limit / (norm + 1e-12)).clamp(max=1.0)
+        return {k: g * factor for k, g in grads.items()}
+
+    def _write(self, new: Params) -> None:
+        live = self.parameter_dict()
+        with torch.no_grad():
+            for k, v in new.items():
+                live[k].copy_(v)
+
+    def _adam_step(self, phi: Params, grads: Params) -> None:
+        for k, t in phi.items():
+            t.grad = grads[k].detach()
+        self.stage1_optimizer.step()
+        self.stage1_optimizer.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------------ health and state
+    def health(self, basis: torch.Tensor, zf: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The calibration's health metrics (``tc2ssl.tc2.health``) for V = ``basis`` on rows ``zf``."""
+        with torch.no_grad():
+            lv = loss_v(basis, zf, reduction=self.cfg.reduction)
+            health = health_metrics(basis, zf, self.weight_net, zf, lv, self.n_factors, self.cfg.reduction)
+        return {f"tc2/{k}": v for k, v in health.items()}
+
+    def extra_state(self) -> dict:
+        state = {"factor_base_initialised": self.factor_base_initialised}
+        if self.stage1_optimizer is not None:
+            state["stage1_optimizer"] = self.stage1_optimizer.state_dict()
+        return state
+
+    def load_extra_state(self, state: dict) -> None:
+        self.factor_base_initialised = bool(state.get("factor_base_initialised", False))
+        if "stage1_optimizer" in state and self.stage1_optimizer is not None:
+            self.stage1_optimizer.load_state_dict(state["stage1_optimizer"])
+
+
+def _detached(params: Params) -> Params:
+    return {k: v.detach() for k, v in params.items()}
