@@ -154,17 +154,17 @@ def test_cli_export_writes_torchvision_file_and_refuses_wrong_formats(tmp_path, 
 def test_pretrained_keeps_conv1_and_records_imagenet_normalisation(tmp_path, monkeypatch):
     """model.pretrained=true (weights replaced by a seeded random net: no download in tests): grey data goes through
     the adapter (replicate, ImageNet mean/std), the 7x7 RGB conv1 is kept, the exported module expects that."""
-    builder = torchvision.models.resnet18
+    import tc2ssl.models.pretrained as pretrained_mod
 
-    def offline_resnet18(weights=None):
-        assert weights == "IMAGENET1K_V1"
+    def offline_weights(net, weights):
+        assert "IMAGENET1K_V1" in str(weights)
         torch.manual_seed(3)
-        return builder(weights=None)
+        net.load_state_dict(torchvision.models.resnet18(weights=None).state_dict())
 
-    monkeypatch.setattr(torchvision.models, "resnet18", offline_resnet18)
+    monkeypatch.setattr(pretrained_mod, "load_torchvision_weights", offline_weights)
     backbone = randomise_batchnorm(TorchvisionResNet("resnet18", in_channels=1, cifar_stem=False, pretrained=True))
     torch.manual_seed(3)
-    reference_conv1 = builder(weights=None).conv1.weight
+    reference_conv1 = torchvision.models.resnet18(weights=None).conv1.weight
     assert torch.equal(backbone.net.conv1.weight, reference_conv1)       # conv1 kept, RGB
     meta = encoder_metadata(backbone, "resnet18", 1, 64, to_dict(RunConfig(model=ModelConfig(backbone="resnet18",
                                                                                               cifar_stem=False))))

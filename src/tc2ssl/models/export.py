@@ -82,6 +82,25 @@ def exported_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
             for name, tensor in backbone.state_dict().items()}
 
 
+def backbone_for_export(model_cfg, meta: dict) -> nn.Module:
+    """tc2ssl's backbone shaped as an export records it, without fetching pretrained weights: built for
+    ``module_in_channels`` inputs, with an input adapter in front when the export's normalisation is not tc2ssl's
+    own (``model.pretrained=true`` runs)."""
+    import dataclasses
+
+    from tc2ssl.models.backbones import InputAdapter, build_backbone
+
+    meta = parse_metadata({k: (v if isinstance(v, str) else json.dumps(v)) for k, v in meta.items()})
+    channels, module_channels = int(meta["in_channels"]), int(meta["module_in_channels"])
+    norm = meta["normalization"]
+    backbone = build_backbone(dataclasses.replace(model_cfg, pretrained=False), module_channels)
+    if module_channels != channels or any(m != 0.5 for m in norm["mean"]) or any(s != 0.5 for s in norm["std"]):
+        backbone.input_adapter = InputAdapter(channels, module_channels, norm["mean"], norm["std"])
+        backbone.module_in_channels = module_channels
+        backbone.module_normalization = (tuple(norm["mean"]), tuple(norm["std"]))
+    return backbone
+
+
 def backbone_state(backbone: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Exported weights renamed for ``backbone.load_state_dict`` (files that kept the prefix load as they are)."""
     prefix = getattr(backbone, "export_prefix", "")
