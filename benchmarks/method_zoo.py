@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> Path:
              "|---|---|---|---|---|---|---|"]
     for name, r in table.items():
         cells = [f"{a:.2f} / {b:.2f}" for a, b in (r["random_init"], r["baseline"], r["tc2"])]
-        lines.append(f"| {name} | {r['backbone']} | {' | '.join(cells)} | {r['seconds']:.0f} | {' '.join(r['overrides'])} |")
+        lines.append(f"| {name} | {r['backbone']} | {' | '.join(cells)} | {r['seconds']:.0f} | "
+                     f"{' '.join(r['overrides'])} |")
     out.mkdir(parents=True, exist_ok=True)
     (out / "zoo.md").write_text("\n".join(lines) + "\n")
     (out / "zoo.json").write_text(json.dumps(table, indent=2))

@@ -48,7 +48,8 @@ BAD_INPUTS = {
     "empty folder": (["pretrain", "data.name=folder", "data.root={tmp}/empty"], "{tmp}/empty: no images found"),
     "corrupt image": (["pretrain", "data.name=folder", "data.root={tmp}/images"],
                       "{tmp}/images/b/broken.png: cannot read this image"),
-    "unknown dataset": (["pretrain", "data.name=imagenet42"], "valid names: cifar10, cifar100, cifar10_subset, colored_mnist, digits"),
+    "unknown dataset": (["pretrain", "data.name=imagenet42"],
+                        "valid names: cifar10, cifar100, cifar10_subset, colored_mnist, digits"),
     "unknown method": (["pretrain", "method.name=dino9"], "simclr"),
     "batch size 1": (["pretrain", "train.batch_size=1"], "train.batch_size=1 is out of range; it must be >= 2"),
     "non-integer epochs": (["pretrain", "train.epochs=abc"], "train.epochs"),
@@ -62,7 +63,8 @@ BAD_INPUTS = {
         "plugin.remainder=error needs train.batch_size divisible by plugin.n_tasks, got train.batch_size=30 and "
         "plugin.n_tasks=4"),
     "mae on a CNN": (["pretrain", "method.name=mae", "model.backbone=small_cnn_tiny"],
-                     "model.backbone must be vit_tiny (the preset `-p mae` sets it), got model.backbone=small_cnn_tiny"),
+                     "model.backbone must be vit_tiny (the preset `-p mae` sets it), "
+                     "got model.backbone=small_cnn_tiny"),
     "one support view for simclr": (["pretrain", "plugin.name=tasks", "plugin.n_support_views=1"],
                                     "allowed: 2 <= plugin.n_support_views < plugin.n_views=4"),
     "16-mixed with tc2": (["pretrain", "plugin.name=tc2", "train.precision=16-mixed"],

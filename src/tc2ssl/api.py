@@ -9,7 +9,11 @@
         metrics = tc2(images)                 # stage 1 updates f_v/f_w; stage 2 leaves grads on the encoder
         opt.step(); method.after_step(progress)
 
-Downstream, use ``my_backbone`` exactly as for the baseline (D-TC-20): f_v and f_w are training-time only.
+Downstream, use ``my_backbone`` exactly as for the baseline (D-TC-20): f_v and f_w are training-time only. A run
+folder's encoder loads as a plain torchvision / timm module with the input transform it expects:
+
+    encoder, transform = tc2ssl.load_encoder("runs/default")     # or the run's encoder.safetensors
+    features = encoder(transform(uint8_images))                  # [N, feat_dim]
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from tc2ssl import config as config_mod
 from tc2ssl.data.augment import ViewMaker, step_seed
 from tc2ssl.methods import SSLMethod, build_method
 from tc2ssl.models.backbones import Backbone
+from tc2ssl.models.export import LoadedEncoder, load_encoder  # noqa: F401 - public API
 from tc2ssl.plugins import build_plugin
 from tc2ssl.plugins.base import Plugin, StepInfo
 

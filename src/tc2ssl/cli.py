@@ -11,7 +11,11 @@
                                                         cifar10_subset (results.md: mean ± std, paired CIs,
                                                         the checks (docs/decisions.md) R1-R6 with their verdicts)
     tc2ssl recheck BENCHMARK_DIR                        recompute a finished benchmark's checks, rewrite results.md
-    tc2ssl evaluate RUN_DIR [eval.data=NAME ...]         linear probe + kNN of a trained encoder on any labelled data
+    tc2ssl evaluate [--protocol linear,knn,fewshot,semisup,finetune,layers] RUN_DIR [eval.data=NAME ...]
+                                                        evaluate a trained encoder on any labelled data (default:
+                                                        linear probe + kNN)
+    tc2ssl export RUN_DIR [--format torchvision|timm|state_dict] [--out FILE]
+                                                        the encoder as a file plain torchvision / timm load
     tc2ssl umm RUN_DIR [key=value ...]                  UMM post hoc on a finished run (= tc2ssl posthoc RUN_DIR
                                                         plugin.name=umm; docs/umm.md)
     tc2ssl config [-p PRESET ...] [key=value ...]       print the resolved config
@@ -66,12 +70,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="", help="further SSL methods, comma-separated: rows METHOD/PLUGIN for "
                    "every plug-in, paired with METHOD/none (the base method.name keeps the plain rows)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides and suite.KEY=VALUE suite options")
-    p = sub.add_parser("recheck", help="recompute the checks (docs/decisions.md) of a finished benchmark and rewrite its "
-                       "results.json / results.md")
+    p = sub.add_parser("recheck", help="recompute the checks (docs/decisions.md) of a finished benchmark and "
+                       "rewrite its results.json / results.md")
     p.add_argument("benchmark_dir", help="the benchmark's output folder (holding results.json)")
-    p = sub.add_parser("evaluate", help="evaluate a run's encoder (linear probe + kNN)")
+    p = sub.add_parser("evaluate", help="evaluate a run's encoder (default: linear probe + kNN)")
     p.add_argument("run_dir")
+    p.add_argument("--protocol", default=None,
+                   help="comma-separated: linear, knn, fewshot, semisup, finetune, layers (default: linear probe + "
+                   "kNN, as eval.json); results go to RUN_DIR/eval_DATA_PROTOCOL.json and .md. Give it before "
+                   "RUN_DIR or after the eval.* overrides")
     p.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.data=usps")
+    p = sub.add_parser("export", help="write a run's encoder for plain torchvision / timm (or as a state_dict)")
+    p.add_argument("run_dir", help="a run folder, or its encoder.safetensors")
+    p.add_argument("--format", dest="fmt", default=None, choices=("torchvision", "timm", "state_dict"),
+                   help="default: the backbone's own library (state_dict for tc2ssl's own backbones)")
+    p.add_argument("--out", default=None, help="file to write (default: RUN_DIR/encoder_FORMAT.safetensors|.pt)")
     sub.add_parser("list", help="list data sources, backbones, methods, plug-ins and presets")
     parser.set_defaults(commands=sub.choices)
     return parser
@@ -123,6 +136,9 @@ def _dispatch(args) -> int:
         print("methods:      " + ", ".join(METHODS.names()))
         print("plug-ins:     " + ", ".join(PLUGINS.names()))
         print("presets:      " + ", ".join(sorted(p.stem for p in config_mod.PRESET_DIR.glob("*.yaml"))))
+        from tc2ssl.eval.protocols import PROTOCOLS
+
+        print("protocols:    " + ", ".join(PROTOCOLS) + " (tc2ssl evaluate --protocol)")
         return 0
     if args.command == "config":
         print(config_mod.to_yaml(config_mod.load_config(args.preset, args.overrides)), end="")
@@ -180,7 +196,19 @@ def _dispatch(args) -> int:
     if args.command == "evaluate":
         from tc2ssl.workflows import run_evaluate
 
+        if args.protocol is not None:
+            from tc2ssl.eval.protocols import parse_protocols, protocol_table
+
+            by_protocol = run_evaluate(args.run_dir, args.overrides, parse_protocols(args.protocol))
+            for protocol, rows in by_protocol.items():
+                print(f"## {protocol}\n\n{protocol_table(protocol, rows)}")
+            return 0
         print(json.dumps(_summary(run_evaluate(args.run_dir, args.overrides)), indent=2))
+        return 0
+    if args.command == "export":
+        from tc2ssl.models.export import export_encoder_file
+
+        print(export_encoder_file(args.run_dir, args.fmt, args.out))
         return 0
     raise AssertionError(args.command)
 

@@ -31,16 +31,20 @@ PRESET_DIR = Path(__file__).parent / "configs"
 @dataclass
 class DataConfig:
     name: str = field(default="digits", metadata={"registry": "data", "help": "data source"})
-    root: Optional[str] = field(default=None, metadata={"help": "folder or file; shared sets default to $TC2SSL_DATA or ../shared/data"})
+    root: Optional[str] = field(default=None, metadata={
+        "help": "folder or file; shared sets default to $TC2SSL_DATA or ../shared/data"})
     resolution: int = bounded(0, 0, 1024, help="side length images are resized to; 0 = the source's default")
     channels: int = choice(0, (0, 1, 3), help="0 = the source's native channels")
     domains: list[str] = field(default_factory=list, metadata={"help": "PACS domains to train on (empty = all)"})
-    test_domains: list[str] = field(default_factory=list, metadata={"help": "PACS domains for the test split (empty = all four)"})
+    test_domains: list[str] = field(default_factory=list, metadata={
+        "help": "PACS domains for the test split (empty = all four)"})
     download: bool = True
     max_train: int = bounded(0, 0, help="keep at most this many training images (0 = all)")
     val_fraction: float = bounded(0.2, 0.0, 0.9)
-    augment: str = choice("auto", ("auto", "digits", "cifar", "imagenet", "none"),
-                          help="view augmentation preset; auto picks one from the data source")
+    augment: str = choice("auto", ("auto", "digits", "cifar", "imagenet", "none", "byol"),
+                          help="view augmentation preset; auto picks one from the data source; byol = BYOL's "
+                               "asymmetric recipe (views 0, 2, ... always blurred; views 1, 3, ... solarised with "
+                               "p = 0.2)")
     crop_mode: str = choice("auto", ("auto", "slice", "resample"),
                             help="random-resized-crop implementation: slice = a Python loop over views (kornia's "
                                  "default), resample = one batched warp (the same views up to float rounding); "
@@ -50,7 +54,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = field(default="small_cnn", metadata={"registry": "backbone", "help": "backbone name, or timm:NAME"})
-    cifar_stem: bool = field(default=True, metadata={"help": "ResNet: 3x3 stride-1 stem without max-pool (small images)"})
+    cifar_stem: bool = field(default=True, metadata={
+        "help": "ResNet: 3x3 stride-1 stem without max-pool (small images)"})
     widths: list[int] = field(default_factory=lambda: [32, 64, 128, 128],
                               metadata={"help": "small_cnn widths (small_cnn_tiny's are fixed at 16-32-64-64)"})
     pretrained: bool = False
@@ -99,7 +104,8 @@ class PluginConfig:
     stage1_ssl_weight: float = bounded(1.0, 0.0, help="weight of the SSL term (1/K)Σ_k L in the stage-1 objectives "
                                        "of Eqs. 4-5 (1 = the paper; an ablation knob)")
     l1_coef: float = bounded(0.05, 0.0, help="coefficient of ||W||_1 in Eq. 2 (literal: 1)")
-    alpha1: float = bounded(1e-2, 0.0, help="α₁..α₄: plain-SGD steps of stage 1 (Eqs. 4-5) for f_v (α₁, α₃) and f_w (α₂, α₄)")
+    alpha1: float = bounded(1e-2, 0.0,
+                            help="α₁..α₄: plain-SGD steps of stage 1 (Eqs. 4-5) for f_v (α₁, α₃) and f_w (α₂, α₄)")
     alpha2: float = bounded(1e-2, 0.0)
     alpha3: float = bounded(1e-2, 0.0)
     alpha4: float = bounded(1e-2, 0.0)
@@ -187,12 +193,19 @@ class TrainConfig:
     threads: int = bounded(0, 0, help="torch CPU threads (0 = leave as is)")
     deterministic: bool = field(default=False, metadata={
         "help": "deterministic kernels (torch.use_deterministic_algorithms, cuDNN); slower on a GPU"})
+    loggers: list[str] = field(default_factory=list, metadata={
+        "help": "Fabric loggers beside metrics.jsonl: csv, tensorboard, wandb (tc2ssl.train.monitor)"})
+    online_probe: bool = field(default=False, metadata={
+        "help": "train a linear probe on detached features every step; its accuracy is logged per epoch"})
+    knn_monitor_every: int = bounded(0, 0, help="kNN accuracy of the features every this many epochs (0 = off)")
+    monitor_images: int = bounded(1000, 2, help="images in the online probe's / kNN monitor's fixed subsets")
 
 
 @dataclass
 class EvalConfig:
     enabled: bool = True
-    data: Optional[str] = field(default=None, metadata={"help": "labelled dataset to evaluate on (default: the pretraining data)"})
+    data: Optional[str] = field(default=None, metadata={
+        "help": "labelled dataset to evaluate on (default: the pretraining data)"})
     root: Optional[str] = None
     knn_k: int = bounded(20, 1)
     knn_temperature: float = bounded(0.07, 0.0, low_open=True)
@@ -205,6 +218,22 @@ class EvalConfig:
     sigma_tasks: int = bounded(20, 0, help="GeSSL's σ_ssl: held-out mini-batch tasks of the test images (0 = off)")
     sigma_task_size: int = bounded(128, 2, help="images per σ_ssl task")
     sigma_temperature: float = bounded(0.1, 0.0, low_open=True, help="temperature of π in σ_ssl (backbone features)")
+    # the protocols of `tc2ssl evaluate --protocol` (tc2ssl.eval.protocols)
+    fewshot_ways: int = bounded(5, 2, help="N of N-way K-shot episodes")
+    fewshot_shots: list[int] = field(default_factory=lambda: [1, 5], metadata={"help": "K values of the episodes"})
+    fewshot_queries: int = bounded(15, 1, help="query images per class and episode")
+    fewshot_episodes: int = bounded(600, 1)
+    semisup_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1],
+                                           metadata={"help": "labelled fractions of the training split"})
+    finetune_epochs: int = bounded(30, 1)
+    finetune_lr: float = bounded(1e-3, 0.0, low_open=True)
+    finetune_batch_size: int = bounded(128, 2)
+    finetune_weight_decay: float = bounded(1e-4, 0.0)
+    finetune_patience: int = bounded(5, 1, help="epochs without a better validation accuracy before stopping")
+    finetune_min_steps: int = bounded(300, 0, help="at least this many optimiser steps (more epochs on small sets)")
+    finetune_augment: str = field(default="auto", metadata={
+        "help": "augmentation while fine-tuning: auto (the data's pretraining preset), none, digits, cifar, imagenet"})
+    layer_taps: list[str] = field(default_factory=list, metadata={"help": "taps for per-layer probes (empty = all)"})
 
 
 @dataclass
@@ -431,12 +460,18 @@ def validate(cfg: RunConfig) -> None:
     plugin_class.check_config(cfg)
     if cfg.train.precision == "16-mixed" and not plugin_class.supports_loss_scaling:
         raise ConfigError(unscalable_plugin_message(cfg.plugin.name))
+    from tc2ssl.eval.protocols import check_protocol_config
+    from tc2ssl.train.monitor import check_monitor_config
+
+    check_monitor_config(cfg.train)
+    check_protocol_config(cfg.eval)
     if cfg.train.devices > 1:
         from tc2ssl.distributed import check_config
 
         check_config(cfg)
     if cfg.eval.data is not None and cfg.eval.data not in registries["data"]:
-        raise ConfigError(f"eval.data={cfg.eval.data!r} is unknown; valid names: {', '.join(registries['data'].names())}")
+        raise ConfigError(f"eval.data={cfg.eval.data!r} is unknown; valid names: "
+                          f"{', '.join(registries['data'].names())}")
     if not cfg.eval.probe_cs or any(c <= 0 for c in cfg.eval.probe_cs):
         raise ConfigError("eval.probe_cs must be a non-empty list of positive numbers")
     from tc2ssl.config_checks import check_limits

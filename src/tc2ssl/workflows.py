@@ -15,6 +15,7 @@ from tc2ssl.data.base import DataSplits
 from tc2ssl.distributed import is_secondary_process
 from tc2ssl.errors import CheckpointError, DataError
 from tc2ssl.models import build_backbone
+from tc2ssl.models.export import backbone_for_export, backbone_state
 from tc2ssl.train.checkpoint import atomic_write_text, encoder_input_format, load_encoder_weights
 from tc2ssl.train.run_folder import ENCODER_NAME, claimed_run_folder, file_sha256
 from tc2ssl.train.loop import load_run_config, pretrain
@@ -147,14 +148,12 @@ def load_backbone(run_dir: Path):
     run_dir = Path(run_dir)
     run_cfg = load_run_config(run_dir)
     tensors, meta = load_encoder_weights(run_dir / ENCODER_NAME)
-    channels, _ = encoder_input_format(meta, run_dir / ENCODER_NAME)
-    # the weights come from the export: the backbone is built without fetching ImageNet weights
-    model_cfg = dataclasses.replace(run_cfg.model, pretrained=False)
-    backbone = build_backbone(model_cfg, channels)
-    prefix = getattr(backbone, "export_prefix", "")
-    state = {prefix + k: v for k, v in tensors.items()}
+    encoder_input_format(meta, run_dir / ENCODER_NAME)
+    # the weights come from the export: the backbone is built without fetching ImageNet weights, shaped (input
+    # adapter, conv1 channels) as the export records
+    backbone = backbone_for_export(run_cfg.model, meta)
     try:
-        missing, unexpected = backbone.load_state_dict(state, strict=False)
+        missing, unexpected = backbone.load_state_dict(backbone_state(backbone, tensors), strict=False)
     except RuntimeError as exc:   # shapes that do not fit (another width, another channel count)
         raise CheckpointError(f"encoder weights in {run_dir} do not fit backbone {run_cfg.model.backbone!r} of "
                               f"its config.yaml ({str(exc).splitlines()[-1].strip()[:200]})") from None
@@ -175,8 +174,11 @@ def evaluation_stem(data_cfg) -> str:
     return f"eval_{data_cfg.name}"
 
 
-def run_evaluate(run_dir: Path, overrides: list[str]) -> dict:
-    """Evaluate a run's encoder on ``eval.data`` (default: its pretraining data); write ``eval_<data>.json``."""
+def run_evaluate(run_dir: Path, overrides: list[str], protocols: list[str] | None = None) -> dict:
+    """Evaluate a run's encoder on ``eval.data`` (default: its pretraining data); write ``eval_<data>.json``.
+
+    With ``protocols`` (names of :mod:`tc2ssl.eval.protocols`), run those instead and write
+    ``eval_<data>_<protocol>.json`` / ``.md``; returns ``{protocol: {model: result}}``."""
     from tc2ssl.eval.evaluate import write_results
 
     run_dir = Path(run_dir).expanduser()
@@ -200,12 +202,22 @@ def run_evaluate(run_dir: Path, overrides: list[str]) -> dict:
         splits = load_eval_splits(cfg, channels, resolution, name, cfg.eval.root)
         probe_cfg = dataclasses.replace(cfg, seed=eval_seed)   # the seed of the probe's split and subsample
         check_evaluation_data(splits, probe_cfg, name)
+        stem = evaluation_stem(eval_data_config(cfg, name, cfg.eval.root))
+        if protocols is not None:
+            from tc2ssl.eval.protocols import evaluate_protocols, write_protocol_results
+
+            backbones = {"pretrained": backbone}
+            if cfg.eval.random_init_baseline:
+                backbones["random_init"] = random_init_backbone(cfg, channels)
+            by_protocol = evaluate_protocols(backbones, splits, probe_cfg, protocols, torch.device("cpu"))
+            write_protocol_results(by_protocol, run_dir, stem=stem)
+            return by_protocol
         results = {"pretrained": evaluate_encoder(backbone, probe_cfg, splits, torch.device("cpu"))}
         results["pretrained"].update(encoder_sha256=file_sha256(run_dir / ENCODER_NAME), eval_seed=eval_seed)
         if cfg.eval.random_init_baseline:   # the initialisation the run started from: the run's own seed
             results["random_init"] = evaluate_encoder(random_init_backbone(cfg, channels), probe_cfg, splits,
                                                       torch.device("cpu"))
-        write_results(results, run_dir, stem=evaluation_stem(eval_data_config(cfg, name, cfg.eval.root)))
+        write_results(results, run_dir, stem=stem)
     return results
 
 

@@ -47,7 +47,8 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path} is not valid YAML: {_first_line(exc)}") from None
     if data is None:
-        raise ConfigError(f"{what} {path} is empty; it must hold a mapping of config keys (e.g. `train: {{epochs: 5}}`)")
+        raise ConfigError(f"{what} {path} is empty; it must hold a mapping of config keys "
+                          f"(e.g. `train: {{epochs: 5}}`)")
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {path} must hold a mapping of config keys, got a {type(data).__name__}")
     return data

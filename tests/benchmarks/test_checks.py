@@ -1,5 +1,5 @@
-"""The the checks of docs/decisions.md checks (R1–R6) computed from benchmark results: thresholds at their boundaries, the hard/soft
-verdicts, per-epoch diagnostics read from metrics.jsonl, protocol deviations named, and ``tc2ssl recheck``."""
+"""The checks of docs/decisions.md (R1–R6) computed from benchmark results: thresholds at their boundaries, the
+hard/soft verdicts, per-epoch diagnostics read from metrics.jsonl, protocol deviations named, and ``tc2ssl recheck``."""
 import json
 import math
 
@@ -17,7 +17,8 @@ def result_of(suite: str, metrics: dict[str, dict[str, list[float]]], *, n_tasks
     labels = list(metrics)
     seeds = list(range(len(next(iter(next(iter(metrics.values())).values())))))
     runs = {label: {str(seed): {"metrics": {m: values[seed] for m, values in by_metric.items()},
-                                "run_dirs": [], "conflict": {}, "seconds": 1.0, **record_extra.get(label, {}).get(seed, {})}
+                                "run_dirs": [], "conflict": {}, "seconds": 1.0,
+                                **record_extra.get(label, {}).get(seed, {})}
                     for seed in seeds} for label, by_metric in metrics.items()}
     return {"suite": suite, "seeds": seeds, "primary": primary, "metrics": list(next(iter(metrics.values()))),
             "rows": rows or [{"label": label, "plugin": label, "overrides": []} for label in labels],
@@ -163,7 +164,8 @@ def test_r6_shape_and_guards(tmp_path):
              for label in ("none", "tc2", "tc2 K=2", "tc2 K=8", "tc2 K=16")}
     check = check_r6(k_result({2: 0.5, 4: 0.55, 8: 0.54, 16: 0.50}, extra))
     assert criterion(check, "without NaN").passed is True
-    assert criterion(check, "guards").passed is False and "3 warning(s) over 12 runs" in criterion(check, "guards").measured
+    guards = criterion(check, "guards")
+    assert guards.passed is False and "3 warning(s) over 12 runs" in guards.measured
     assert check.verdict.startswith("FAIL (hard)")
     partial = k_result({2: 0.5, 4: 0.55})
     partial["config"]["train"]["batch_size"] = 128

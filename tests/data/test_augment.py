@@ -91,3 +91,20 @@ def test_the_run_uses_the_configured_crop_mode(tmp_path):
     assert run.view_maker.crop_mode == "resample"
     crop = next(op for op in run.view_maker.pipeline_for("cpu") if op.__class__.__name__ == "RandomResizedCrop")
     assert crop.flags["cropping_mode"] == "resample"
+
+
+def test_byol_preset_alternates_its_two_recipes_per_view():
+    """View v uses recipe v mod 2: views 0, 2 are those of BYOL's first recipe (blur always, no solarisation) and
+    views 1, 3 of its second (blur p = 0.1, solarisation p = 0.2); selected rows stay those of the whole batch."""
+    images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    maker = ViewMaker("byol", 16, 3)
+    views = maker(images, 4, seed=3)
+    assert views.shape == (10, 4, 3, 16, 16)
+    assert torch.equal(views[:, [0, 2]], ViewMaker("byol_view1", 16, 3)(images, 2, seed=3))
+    assert torch.equal(views[:, [1, 3]], ViewMaker("byol_view2", 16, 3)(images, 2, seed=step_seed(3, 0, 0, stream=101)))
+    first, second = (maker.pipeline_for("cpu", recipe) for recipe in (0, 1))
+    probability = {(recipe, type(op).__name__): op.p for recipe, ops in enumerate((first, second)) for op in ops}
+    assert probability[(0, "RandomGaussianBlur")] == 1.0 and (0, "RandomSolarize") not in probability
+    assert probability[(1, "RandomGaussianBlur")] == 0.1 and probability[(1, "RandomSolarize")] == 0.2
+    rows = torch.tensor([7, 2, 5])
+    assert torch.equal(maker(images, 4, seed=3, rows=rows), views[rows])

@@ -493,7 +493,8 @@ def test_conflict_metrics_are_cosines_of_the_task_support_gradients(make_run):
     task_grads = []
     for k in range(3):
         xs = split.support_views(views, k)
-        zs = plugin.calibrator.calibrate(plugin.calibrator.prep(method.embed(xs.flatten(0, 1))), basis).view(*xs.shape[:2], -1)
+        prepared = plugin.calibrator.prep(method.embed(xs.flatten(0, 1)))
+        zs = plugin.calibrator.calibrate(prepared, basis).view(*xs.shape[:2], -1)
         loss = method.support_loss(zs, LossContext())
         task_grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(theta.values()))]))
     unit = torch.nn.functional.normalize(torch.stack(task_grads), dim=1)

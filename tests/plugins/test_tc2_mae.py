@@ -202,7 +202,8 @@ def test_stage2_with_zero_beta1_is_the_gradient_of_the_query_reconstruction_loss
     for k in range(split.n_tasks):
         query = split.query_views(views, k).flatten(0, 1)
         latents = method.embed(query)
-        latents = plugin.calibrator.calibrated(plugin.calibrator.prep(latents.reshape(-1, 64)), basis).view(latents.shape)
+        prepared = plugin.calibrator.prep(latents.reshape(-1, 64))
+        latents = plugin.calibrator.calibrated(prepared, basis).view(latents.shape)
         prediction = method.decoder(latents, query.masks)
         target = patchify(split.support_views(views, k).images[:, 0], 4)
         losses.append(((prediction - target) ** 2).sum(-1)[query.masks].mean())

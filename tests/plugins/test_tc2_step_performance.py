@@ -279,7 +279,8 @@ def test_training_step_under_bf16_autocast_keeps_stage1_in_float32(make_run):
     and the step's losses are finite."""
     run = make_run("plugin.conflict_every=0")
     seen = []
-    run.plugin.calibrator.factor_net.register_forward_hook(lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
+    run.plugin.calibrator.factor_net.register_forward_hook(
+        lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         metrics = run.plugin.training_step(images_of(run), StepInfo(epoch=0, step=0, seed=2))
     assert seen and all(inp == out == torch.float32 for inp, out in seen)

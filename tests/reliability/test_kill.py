@@ -119,7 +119,8 @@ def test_kill_at_a_random_step_of_training(tmp_path, reference):
     out = tmp_path / "run"
     proc = run(command(out), tmp_path / "log")
     wait_for(proc, tmp_path / "log", lambda: any(
-        r.get("kind") == "step" and r["step"] >= kill_after for r in resume_helpers.read_records(out / "metrics.jsonl")))
+        r.get("kind") == "step" and r["step"] >= kill_after
+        for r in resume_helpers.read_records(out / "metrics.jsonl")))
     kill(proc)
     print(f"random seed {seed}: killed after step {kill_after}")
     resume_and_compare(out, reference)

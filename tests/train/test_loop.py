@@ -80,7 +80,8 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     monkeypatch.undo()
     pretrain(tiny_config(tmp_path, "train.epochs=3", "train.resume=true"))
     pretrain(tiny_config(tmp_path / "straight", "train.epochs=3"))
-    resumed, straight = load_file(tmp_path / "encoder.safetensors"), load_file(tmp_path / "straight" / "encoder.safetensors")
+    resumed = load_file(tmp_path / "encoder.safetensors")
+    straight = load_file(tmp_path / "straight" / "encoder.safetensors")
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
 
 
@@ -280,7 +281,8 @@ def test_the_loop_scales_unscales_and_checkpoints_with_a_loss_scaler(tmp_path, m
     pretrain(tiny_config(tmp_path / "scaled", *common))
     assert scalers[0].calls == {"scale": 4, "unscale_": 4, "step": 4}       # 2 epochs x 2 steps
     assert load_checkpoint(tmp_path / "scaled" / CHECKPOINT_NAME)["scaler"]["scale"] == 2.0 ** 14
-    plain, scaled = load_file(tmp_path / "plain" / "encoder.safetensors"), load_file(tmp_path / "scaled" / "encoder.safetensors")
+    plain = load_file(tmp_path / "plain" / "encoder.safetensors")
+    scaled = load_file(tmp_path / "scaled" / "encoder.safetensors")
     initial = loop.build_run(tiny_config(tmp_path / "init")).method.backbone.state_dict()
     moved = [k for k in plain if plain[k].is_floating_point() and not torch.equal(plain[k], initial[k])]
     assert moved

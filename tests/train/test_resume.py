@@ -84,7 +84,8 @@ def kill_resume_and_compare(tmp_path: Path, *extra: str) -> None:
     while True:
         if proc_a.poll() is not None:
             proc_b.kill()
-            pytest.fail(f"run a ended (rc {proc_a.returncode}) before it was killed:\n{(tmp_path / 'a.log').read_text()}")
+            log = (tmp_path / "a.log").read_text()
+            pytest.fail(f"run a ended (rc {proc_a.returncode}) before it was killed:\n{log}")
         records = read_records(run_a / "metrics.jsonl")
         if (run_a / CHECKPOINT_NAME).exists() and any(r["kind"] == "step" and r["epoch"] == 1 for r in records):
             break

@@ -6,7 +6,8 @@ that every check's criteria and tolerances can be read (and audited) side by sid
 Each suite answers some of the checks: ``digits_transfer`` R1 (gradient conflict exists and fluctuates), R2
 (instability of +T), R3 (conflict correlates with transfer) and R5b (transfer to a new dataset); ``colored_mnist``
 R4 (out-of-distribution non-inferiority); ``pacs`` R5 (unseen-domain transfer); ``cifar10_subset`` R6 (shape of the
-K ablation); and every suite with TC² rows R7 (TC²'s internal mechanics) and R8 (the inner step adapts). A check is a list of criteria, each *hard* (the spec's PASS condition), *soft* (a paper-direction
+K ablation); and every suite with TC² rows R7 (TC²'s internal mechanics) and R8 (the inner step adapts). A check
+is a list of criteria, each *hard* (the spec's PASS condition), *soft* (a paper-direction
 expectation: recorded, and a miss is reported, not hidden) or *report* (a number the check asks for, no
 threshold). A check whose protocol was run differently from the spec (fewer seeds, another K) says so in its
 ``deviations``, so that a verdict is never read as more than it is.

@@ -493,8 +493,8 @@ def write_results(suite: Suite, result: dict, out: Path) -> None:
 
 
 def recheck(out_dir: str | Path) -> dict:
-    """Recompute the checks (docs/decisions.md) of a finished benchmark from ``out_dir/results.json`` (and its run folders,
-    where still on disk) and rewrite its results.json and results.md (``tc2ssl recheck DIR``)."""
+    """Recompute the checks (docs/decisions.md) of a finished benchmark from ``out_dir/results.json`` (and its run
+    folders, where still on disk) and rewrite its results.json and results.md (``tc2ssl recheck DIR``)."""
     path = Path(out_dir) / "results.json"
     if not path.is_file():
         raise DataError(f"no benchmark results at {path} (run `tc2ssl benchmark SUITE` first)")

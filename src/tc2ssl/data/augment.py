@@ -1,8 +1,10 @@
 """Batched view augmentation on the training device (kornia), m views per image (D-SSL-02).
 
 All views of a batch come from ONE call of a kornia pipeline on the [N*m] stacked images, so TC²'s m views cost
-one batched op per transform. Randomness comes from an explicit seed per call (``torch.random.fork_rng`` +
-``manual_seed``): a step's views depend only on (run seed, epoch, step), which is what makes resumed runs bit-identical.
+one batched op per transform. Asymmetric recipes (``byol``) have one pipeline per view group: view v uses
+recipe v mod (number of recipes), each group in one call. Randomness comes from an explicit seed per call
+(``torch.random.fork_rng`` + ``manual_seed``): a step's views depend only on (run seed, epoch, step), which is what
+makes resumed runs bit-identical.
 """
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ import torch.nn as nn
 from tc2ssl.errors import ConfigError
 
 DIGIT_SOURCES = {"digits", "mnist", "usps", "mnistm", "svhn", "colored_mnist", "mnist_torchvision"}
-PRESETS = ("digits", "cifar", "imagenet", "none")
+PRESETS = ("digits", "cifar", "imagenet", "none", "byol")
+#: presets whose views alternate between recipes (view v uses recipe v mod len): BYOL (Grill et al. 2020, Table 6):
+#: view 1 always blurred and never solarised, view 2 blurred with p = 0.1 and solarised with p = 0.2
+VIEW_RECIPES = {"byol": ("byol_view1", "byol_view2")}
 #: kornia RandomResizedCrop cropping modes (``data.crop_mode``); auto = resample on CUDA, slice elsewhere
 CROP_MODES = ("auto", "slice", "resample")
 
@@ -57,6 +62,18 @@ def build_augmentation(preset: str, resolution: int, channels: int, crop_mode: s
             kernel = max(3, (resolution // 10) | 1)
             ops.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=0.5))
         return nn.Sequential(*ops)
+    if preset in VIEW_RECIPES["byol"]:
+        blur_p, solarize_p = (1.0, 0.0) if preset == "byol_view1" else (0.1, 0.2)
+        kernel = max(3, (resolution // 10) | 1)
+        ops = [K.RandomResizedCrop(size, scale=(0.08, 1.0), cropping_mode=crop_mode), K.RandomHorizontalFlip()]
+        if colour:
+            ops += [K.ColorJitter(0.4, 0.4, 0.2, 0.1, p=0.8), K.RandomGrayscale(p=0.2)]
+        else:
+            ops.append(K.ColorJitter(brightness=0.4, contrast=0.4, p=0.8))
+        ops.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=blur_p))
+        if solarize_p:
+            ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))   # threshold 0.5
+        return nn.Sequential(*ops)
     raise ConfigError(f"data.augment={preset!r} is not allowed; valid values: auto, {', '.join(PRESETS)}")
 
 
@@ -92,16 +109,18 @@ class ViewMaker:
     def __init__(self, preset: str, resolution: int, channels: int, crop_mode: str = "auto"):
         crop_mode_for(crop_mode, "cpu")   # validates
         self.preset, self.resolution, self.channels, self.crop_mode = preset, resolution, channels, crop_mode
+        self.recipes = VIEW_RECIPES.get(preset, (preset,))
         self.dtype = torch.float32
-        self._pipelines: dict[str, nn.Module] = {}   # by kornia cropping mode, built on first use
+        self._pipelines: dict[tuple[str, int], nn.Module] = {}   # by (cropping mode, recipe), built on first use
 
-    def pipeline_for(self, device: torch.device | str) -> nn.Module:
-        """The kornia pipeline this view maker runs on ``device`` (its crop mode resolved there)."""
-        cropping_mode = crop_mode_for(self.crop_mode, device)
-        if cropping_mode not in self._pipelines:
-            pipeline = build_augmentation(self.preset, self.resolution, self.channels, cropping_mode)
-            self._pipelines[cropping_mode] = pipeline.to(self.dtype)
-        return self._pipelines[cropping_mode]
+    def pipeline_for(self, device: torch.device | str, recipe: int = 0) -> nn.Module:
+        """The kornia pipeline of view recipe ``recipe`` this view maker runs on ``device`` (its crop mode resolved
+        there)."""
+        key = (crop_mode_for(self.crop_mode, device), recipe)
+        if key not in self._pipelines:
+            pipeline = build_augmentation(self.recipes[recipe], self.resolution, self.channels, key[0])
+            self._pipelines[key] = pipeline.to(self.dtype)
+        return self._pipelines[key]
 
     def set_dtype(self, dtype: torch.dtype) -> "ViewMaker":
         """Make views in ``dtype`` (float64 for ``train.precision=64-true``; the random parameters are then drawn in
@@ -119,7 +138,21 @@ class ViewMaker:
         images)."""
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"expected uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
-        pipeline = self.pipeline_for(images.device)
+        if len(self.recipes) == 1:
+            return self._views(self.pipeline_for(images.device), images, n_views, seed, rows)
+        n_out = images.shape[0] if rows is None else rows.numel()
+        views = torch.empty(n_out, n_views, *images.shape[1:], dtype=self.dtype, device=images.device)
+        for recipe in range(len(self.recipes)):
+            group = list(range(recipe, n_views, len(self.recipes)))      # view v uses recipe v mod len
+            if group:
+                group_seed = seed if recipe == 0 else step_seed(seed, 0, 0, stream=100 + recipe)
+                views[:, group] = self._views(self.pipeline_for(images.device, recipe), images, len(group),
+                                              group_seed, rows)
+        return views
+
+    def _views(self, pipeline: nn.Module, images: torch.Tensor, n_views: int, seed: int,
+               rows: torch.Tensor | None) -> torch.Tensor:
+        """``n_views`` views of ``images`` (or of ``images[rows]``) through one pipeline, in one call."""
         if rows is not None:
             return self._views_of_rows(pipeline, images, n_views, seed, rows)
         n = images.shape[0]

@@ -1,4 +1,5 @@
-"""Frozen-backbone feature extraction: the input to every evaluation protocol (linear probe, kNN).
+"""Frozen-backbone feature extraction: the input to every evaluation protocol (linear probe, kNN, few-shot, per-layer
+probes).
 
 Images are mapped with :func:`tc2ssl.data.base.to_unit` (the one input normalisation, the same as in training)
 and passed through ``backbone.forward`` in eval mode (BatchNorm uses its running statistics, so a feature does
@@ -6,6 +7,8 @@ not depend on the batch it was computed in) without autograd. The backbone is le
 train/eval mode, same device.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -24,8 +27,10 @@ def _module_device(module: nn.Module) -> torch.device | None:
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, images: torch.Tensor, batch_size: int = 512,
-                     device: str | torch.device = "cpu") -> torch.Tensor:
-    """Pooled backbone features of uint8 images [N, C, H, W], as a float32 CPU tensor [N, D].
+                     device: str | torch.device = "cpu", taps: Sequence[str] | None = None
+                     ) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Pooled backbone features of uint8 images [N, C, H, W], as a float32 CPU tensor [N, D]; with ``taps``, a dict
+    of the named layers' pooled features (``backbone.forward_features(x, taps)``) {tap: [N, D_tap]}.
 
     The backbone runs in eval mode on ``device`` in batches of ``batch_size``; its previous train/eval mode and
     device are restored afterwards (also when the forward pass raises).
@@ -40,20 +45,23 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, batch_size: int 
     device = torch.device(device)
     was_training = backbone.training
     original_device = _module_device(backbone)
+    dtype = next((p.dtype for p in backbone.parameters() if p.is_floating_point()), torch.float32)
     backbone.eval()
     if original_device is not None and original_device != device:
         backbone.to(device)
     try:
-        chunks = []
+        chunks: dict[str, list[torch.Tensor]] = {}
         for start in range(0, images.shape[0], batch_size):
-            batch = to_unit(images[start:start + batch_size].to(device))
-            feats = backbone(batch)
-            if feats.dim() != 2 or feats.shape[0] != batch.shape[0]:
-                raise ValueError(f"backbone must return pooled features [N, D]; for a batch of {batch.shape[0]} "
-                                 f"images it returned shape {tuple(feats.shape)}")
-            chunks.append(feats.float().cpu())
+            batch = to_unit(images[start:start + batch_size].to(device)).to(dtype)   # float64 backbones too
+            outputs = {"": backbone(batch)} if taps is None else backbone.forward_features(batch, taps)
+            for name, feats in outputs.items():
+                if feats.dim() != 2 or feats.shape[0] != batch.shape[0]:
+                    raise ValueError(f"backbone must return pooled features [N, D]; for a batch of {batch.shape[0]} "
+                                     f"images {name or 'forward'} returned shape {tuple(feats.shape)}")
+                chunks.setdefault(name, []).append(feats.float().cpu())
     finally:
         backbone.train(was_training)
         if original_device is not None and original_device != device:
             backbone.to(original_device)
-    return torch.cat(chunks)
+    features = {name: torch.cat(parts) for name, parts in chunks.items()}
+    return features[""] if taps is None else features

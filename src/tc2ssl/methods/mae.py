@@ -67,7 +67,8 @@ class MaskedViews:
         return MaskedViews(self.images.flatten(start_dim, end_dim), self.masks.flatten(start_dim, end_dim))
 
     def cat(self, other: MaskedViews, dim: int = 1) -> MaskedViews:
-        return MaskedViews(torch.cat([self.images, other.images], dim=dim), torch.cat([self.masks, other.masks], dim=dim))
+        return MaskedViews(torch.cat([self.images, other.images], dim=dim),
+                           torch.cat([self.masks, other.masks], dim=dim))
 
 
 def patch_targets(images: torch.Tensor, patch_size: int, normalize: bool = False) -> torch.Tensor:

@@ -60,8 +60,8 @@ class SwAV(SSLMethod):
     def query_loss(self, z_query: torch.Tensor, anchors: torch.Tensor, ctx: LossContext) -> torch.Tensor:
         check_anchors(anchors, z_query)
         with torch.no_grad():
-            codes = sinkhorn(self.prototype_scores(anchors, ctx.params).float(), iterations=self.criterion.sinkhorn_iterations,
-                             epsilon=self.criterion.sinkhorn_epsilon)                          # [n, K]
+            codes = sinkhorn(self.prototype_scores(anchors, ctx.params).float(),           # [n, K]
+                             iterations=self.criterion.sinkhorn_iterations, epsilon=self.criterion.sinkhorn_epsilon)
         probs = (self.prototype_scores(z_query, ctx.params) / self.cfg.temperature).softmax(dim=-1)  # [n, q, K]
         return expected_brier(probs, codes[:, None]).mean()
 

@@ -9,12 +9,19 @@ per-layer diagnostics and UMM need.
 - ``small_cnn_tiny``: widths 16-32-64-64 (our fast variant for tests and checks), fixed: config validation
   rejects other ``model.widths`` and records these.
 - ``resnet18`` / ``resnet50``: torchvision models (``model.cifar_stem``: 3x3 stride-1 conv, no max-pool), taps
-  ``layer1..layer4``. Parameter names are torchvision's, so exported weights load into ``torchvision.models.resnet*``.
+  ``layer1..layer4``. Parameter names are torchvision's, so exported weights load into ``torchvision.models.resnet*``
+  (``tc2ssl.models.export``).
 - ``timm:NAME``: any timm model (``pip install timm``), taps from its ``feature_info`` (module names, e.g.
   ``layer1..layer4``) and ``stage_last`` (the pooled output).
 - ``vit_tiny``: our small MAE encoder (D-SSL-01), a 4-block ViT of width 64 on 4-pixel patches, any channel
   count and any square side divisible by 4. Taps ``block1..block4``; ``encode_visible`` encodes only the visible
   tokens of a patch mask (MAE).
+
+Input normalisation: tc2ssl feeds every backbone x/127.5 - 1 (pixels in [-1, 1]; mean 0.5, std 0.5 on [0, 1]
+pixels). With ``model.pretrained=true`` the weights were trained on ImageNet-normalised RGB, so the backbone starts
+with an :class:`InputAdapter` that turns [-1, 1] pixels into what the weights expect (grey replicated to RGB, then
+the weights' mean/std); the pretrained conv1 is then kept whenever its shape fits the stem (always for
+``cifar_stem=false`` and timm; the 3x3 CIFAR stem has no pretrained counterpart and starts from random init).
 """
 from __future__ import annotations
 
@@ -27,6 +34,10 @@ from tc2ssl.errors import ConfigError
 from tc2ssl.registry import Registry
 
 BACKBONES: Registry[Callable] = Registry("backbone", "model.backbone")
+#: per-channel mean and std, on [0, 1] pixels, of tc2ssl's own input normalisation x/127.5 - 1
+UNIT_MEAN, UNIT_STD = 0.5, 0.5
+#: torchvision's ImageNet normalisation, which its pretrained weights expect
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: the fixed widths of ``small_cnn_tiny`` (``model.widths`` applies to ``small_cnn`` only)
 SMALL_CNN_TINY_WIDTHS = (16, 32, 64, 64)
 #: the patch size of ``vit_tiny`` (MAE's ``method.patch_size`` must equal it)
@@ -51,8 +62,15 @@ class Backbone(nn.Module):
     feat_dim: int
     tap_names: tuple[str, ...]
     aliases: dict[str, str] = {}
-    #: prefix that makes parameter names torchvision-compatible on export ("" = names as they are)
+    #: prefix that makes parameter names torchvision-/timm-compatible on export ("" = names as they are)
     export_prefix: str = ""
+    #: the stem as built: "cifar" (3x3 stride-1 conv, no max-pool), "imagenet" (7x7 stride-2 conv + max-pool),
+    #: "timm" (the timm model's own) or "none" (tc2ssl's own modules)
+    stem: str = "none"
+    #: what the exported module itself expects: channels and per-channel (mean, std) on [0, 1] pixels; None = the
+    #: backbone's input channels and tc2ssl's own normalisation (mean = std = 0.5, i.e. x/127.5 - 1)
+    module_in_channels: int | None = None
+    module_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def forward_features(self, x: torch.Tensor, taps: Sequence[str] = ("last",)) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -80,6 +98,26 @@ class Backbone(nn.Module):
                                   f"(aliases: {', '.join(self.aliases)})")
             resolved.append(t)
         return resolved
+
+
+class InputAdapter(nn.Module):
+    """Maps tc2ssl's inputs (x/127.5 - 1, ``in_channels`` channels) to what pretrained weights expect: grey
+    replicated to ``out_channels``, then ``(pixel - mean) / std`` per channel on [0, 1] pixels."""
+
+    def __init__(self, in_channels: int, out_channels: int, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        if in_channels not in (1, out_channels) or len(mean) != out_channels or len(std) != out_channels:
+            raise ConfigError(f"cannot adapt {in_channels}-channel inputs to weights trained on {out_channels} "
+                              f"channels (mean {list(mean)}, std {list(std)})")
+        self.out_channels = out_channels
+        # non-persistent: the adapter is fixed, so it never enters a state_dict or an exported file
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = (x + 1.0) * 0.5                                   # [-1, 1] -> [0, 1]
+        pixels = pixels.expand(-1, self.out_channels, -1, -1)
+        return (pixels - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
 class ConvBlock(nn.Sequential):
@@ -126,7 +164,12 @@ class SmallCNN(Backbone):
 
 
 class TorchvisionResNet(Backbone):
-    """A torchvision ResNet without its classifier; parameter names match torchvision's (prefix ``net.``)."""
+    """A torchvision ResNet without its classifier; parameter names match torchvision's (prefix ``net.``).
+
+    ``pretrained=True`` loads torchvision's ImageNet weights and puts an :class:`InputAdapter` in front (ImageNet
+    mean/std, grey replicated to RGB), so conv1 keeps its 3 pretrained input channels; with ``cifar_stem=True`` conv1
+    is the new 3x3 stride-1 conv (random init) and every later layer stays pretrained.
+    """
 
     aliases = {"early": "layer2", "last": "layer4"}
     export_prefix = "net."
@@ -141,11 +184,17 @@ class TorchvisionResNet(Backbone):
 
             weights = torchvision.models.get_model_weights(arch)
             load_torchvision_weights(net, weights[{"resnet18": "IMAGENET1K_V1", "resnet50": "IMAGENET1K_V2"}[arch]])
+        self.stem = "cifar" if cifar_stem else "imagenet"
+        self.module_in_channels = 3 if pretrained else in_channels
+        self.input_adapter: nn.Module = nn.Identity()
+        if pretrained:
+            self.module_normalization = (IMAGENET_MEAN, IMAGENET_STD)
+            self.input_adapter = InputAdapter(in_channels, 3, IMAGENET_MEAN, IMAGENET_STD)
         if cifar_stem:
-            net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+            net.conv1 = nn.Conv2d(self.module_in_channels, 64, 3, 1, 1, bias=False)
             net.maxpool = nn.Identity()
-        elif in_channels != 3:
-            net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        elif self.module_in_channels != 3:
+            net.conv1 = nn.Conv2d(self.module_in_channels, 64, 7, 2, 3, bias=False)
         self.feat_dim = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
@@ -153,7 +202,7 @@ class TorchvisionResNet(Backbone):
 
     def _stem(self, x):
         n = self.net
-        return n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        return n.maxpool(n.relu(n.bn1(n.conv1(self.input_adapter(x)))))
 
     def forward_features(self, x, taps=("last",)):
         wanted = set(self._resolve(taps))
@@ -166,13 +215,13 @@ class TorchvisionResNet(Backbone):
         return out
 
     def forward(self, x):
-        return self.net(x)
+        return self.net(self.input_adapter(x))
 
     def split(self, at: str) -> tuple[nn.Module, nn.Module]:
         cut = self._tap_index(at) + 1
         net = self.net
         layers = [getattr(net, name) for name in self.tap_names]
-        early = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *layers[:cut])
+        early = nn.Sequential(self.input_adapter, net.conv1, net.bn1, net.relu, net.maxpool, *layers[:cut])
         return early, nn.Sequential(*layers[cut:], net.avgpool, nn.Flatten(1))   # torchvision's forward order
 
 
@@ -184,7 +233,13 @@ class TimmBackbone(Backbone):
     (token outputs [N, T, C] are averaged over the tokens), and ``stage_last``, the model's own pooled output
     (``forward``). Aliases: ``last`` = ``stage_last``; ``early`` = the middle feature stage (ResNets: ``layer2``).
     The taps come from forward hooks on those modules during one forward pass.
+
+    ``pretrained=True`` builds the model for 3 input channels (timm's own pretrained stem) behind an
+    :class:`InputAdapter` with the mean/std of the weights' ``pretrained_cfg``.
     """
+
+    export_prefix = "net."
+    stem = "timm"
 
     def __init__(self, name: str, in_channels: int, pretrained: bool = False):
         super().__init__()
@@ -194,13 +249,20 @@ class TimmBackbone(Backbone):
             raise ConfigError(f"model.backbone=timm:{name} needs timm: pip install timm") from None
         if name not in timm.list_models():
             raise ConfigError(f"timm has no model {name!r}")
+        self.module_in_channels = 3 if pretrained else in_channels
         try:   # timm (>= 1.0) reads weights as safetensors or with torch.load(weights_only=True)
-            self.net = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_channels)
+            self.net = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=self.module_in_channels)
         except OSError as exc:   # offline: Hugging Face hub and URL errors are OSErrors
             if not pretrained:
                 raise
             raise ConfigError(f"could not load timm's pretrained weights for {name!r} ({type(exc).__name__}); "
                               "connect to the internet once (timm caches them) or use model.pretrained=false") from None
+        self.input_adapter: nn.Module = nn.Identity()
+        if pretrained:
+            data_cfg = self.net.pretrained_cfg
+            mean, std = tuple(data_cfg.get("mean", IMAGENET_MEAN)), tuple(data_cfg.get("std", IMAGENET_STD))
+            self.module_normalization = (mean, std)
+            self.input_adapter = InputAdapter(in_channels, 3, mean, std)
         self.feat_dim = self.net.num_features
         info = [dict(f) for f in (getattr(self.net, "feature_info", None) or []) if f.get("module")]
         self._stages = {f["module"]: f for f in info}
@@ -222,7 +284,7 @@ class TimmBackbone(Backbone):
                 handles.append(module.register_forward_hook(
                     lambda _m, _args, out, name=name: captured.__setitem__(name, out)))
         try:
-            pooled = self.net(x)
+            pooled = self.net(self.input_adapter(x))
         finally:
             for handle in handles:
                 handle.remove()
@@ -230,7 +292,7 @@ class TimmBackbone(Backbone):
                 for name in wanted}
 
     def forward(self, x):
-        return self.net(x)
+        return self.net(self.input_adapter(x))
 
     def split(self, at: str) -> tuple[nn.Module, nn.Module]:
         """Supported for timm models whose feature stages are top-level children run in order by
@@ -246,7 +308,7 @@ class TimmBackbone(Backbone):
         names = list(children)
         end = names.index(stages[-1]) + 1                     # the children after the last stage form the head
         cut = names.index(name) + 1
-        early = nn.Sequential(*(children[n] for n in names[:cut]))
+        early = nn.Sequential(self.input_adapter, *(children[n] for n in names[:cut]))
         return early, _TimmRest(nn.Sequential(*(children[n] for n in names[cut:end])), self.net)
 
 

@@ -1,7 +1,8 @@
 """TC² losses: the regularisers of Eqs. 1-3 and the per-task SSL losses on calibrated representations.
 
 - :func:`loss_v`: Eq. 1 with per-row means (D-TC-04): orthogonality of V plus reconstruction of Z_f in the factor span.
-- :func:`loss_w`: Eq. 2 with per-row means (D-TC-04): per-sample reconstruction from the factor weights plus their ℓ1 norm.
+- :func:`loss_w`: Eq. 2 with per-row means (D-TC-04): per-sample reconstruction from the factor weights plus their
+  ℓ1 norm.
 - :func:`loss_tc2`: Eq. 3, L_v + λ_s·L_w.
 - :func:`brier_query_loss`, :func:`proto_mse_loss`: L_sse^q of Eqs. 5/7, "the sum of squared errors on the
   query set" (D-TC-12, D-TC-12).

@@ -42,10 +42,12 @@ from tc2ssl.distributed import SINGLE_PROCESS, DistributedContext, launch_strate
 from tc2ssl.errors import CheckpointError, ConfigError, TC2SSLError, TrainingError
 from tc2ssl.methods import build_method
 from tc2ssl.models import build_backbone
+from tc2ssl.models.export import encoder_metadata
 from tc2ssl.plugins import build_plugin
 from tc2ssl.plugins.base import StepInfo, trainable_parameters
 from tc2ssl.train.checkpoint import (CHECKPOINT_NAME, atomic_write_text, export_encoder, load_checkpoint,
                                      require_run_state, save_checkpoint)
+from tc2ssl.train.monitor import TrainingMonitor
 from tc2ssl.train.run_folder import DISK_ERRNOS, claimed_run_folder, disk_error, remove_stale_evaluations
 from tc2ssl.train.schedule import build_optimizer, build_scheduler
 from tc2ssl.yaml_io import read_yaml_mapping
@@ -54,7 +56,9 @@ from tc2ssl.yaml_io import read_yaml_mapping
 RESUME_FREE_KEYS = {"train.resume", "train.overwrite", "train.progress", "train.max_steps", "train.log_every",
                     "train.threads", "eval", "diag", "out",
                     # the global batch makes a run independent of the number of processes (tc2ssl.distributed)
-                    "train.devices", "train.strategy"}
+                    "train.devices", "train.strategy",
+                    # what the run shows while it trains (tc2ssl.train.monitor), not what it trains
+                    "train.loggers", "train.online_probe", "train.knn_monitor_every", "train.monitor_images"}
 
 
 @dataclass
@@ -434,6 +438,7 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
                 stale.unlink()
     if rank_zero:
         atomic_write_text(out / "config.yaml", config_mod.to_yaml(cfg))
+    monitor = TrainingMonitor(cfg, method.backbone, run.data, out, device, active=rank_zero)
     dist.barrier()
     plugin_state = [*plugin.parameters(), *plugin.buffers()]  # TC²'s f_v, f_w: stage 1 runs in every process
 
@@ -480,6 +485,7 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
                 dist.broadcast_(plugin_state)   # rank 0's stage-1 result: nondeterministic kernels cannot drift
             global_step += 1
             method.after_step(global_step / max(1, total_steps))
+            monitor.on_step(order[b * batch:(b + 1) * batch])
             epoch_losses.append(loss)
             images_since_log += images.shape[0]
             if progress is not None:
@@ -496,6 +502,7 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
                     record = {"kind": "step", "epoch": epoch, "step": global_step - 1,
                               "lr": lr, "images_per_s": ips, **_floats(metrics)}
                     metrics_log.write(record)
+                    monitor.log_step(record, global_step - 1)
         if progress is not None:
             progress.close()
         if stop_at is not None and global_step >= stop_at and len(epoch_losses) < steps_per_epoch:
@@ -504,8 +511,10 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
         epoch_record = {"kind": "epoch", "epoch": epoch, "step": global_step,
                         "loss": sum(torch.stack(epoch_losses).tolist()) / len(epoch_losses) if epoch_losses else 0.0,
                         "seconds": time.perf_counter() - t_epoch, **plugin.epoch_summary(epoch)}
+        epoch_record.update(monitor.end_epoch(epoch))
         if rank_zero:
             metrics_log.write(epoch_record)
+            monitor.log_epoch(epoch_record, global_step)
         best_loss = check_epoch_loss(epoch_record["loss"], best_loss, epoch, ckpt_path)
         if rank_zero:
             if layer_diag is not None and layer_diag.due(epoch + 1):
@@ -520,13 +529,12 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
         if stop_at is not None and global_step >= stop_at:
             break
 
+    monitor.close()
     plugin.on_fit_end(out)
     if rank_zero:
-        export_encoder(out / "encoder.safetensors", method.backbone, {
-            "backbone": cfg.model.backbone, "in_channels": run.data.train.channels,
-            "resolution": run.data.train.resolution, "feat_dim": method.backbone.feat_dim,
-            "config": config_mod.to_dict(cfg),
-        })
+        export_encoder(out / "encoder.safetensors", method.backbone, encoder_metadata(
+            method.backbone, cfg.model.backbone, run.data.train.channels, run.data.train.resolution,
+            config_mod.to_dict(cfg)))
         remove_stale_evaluations(out)   # evaluations of an earlier encoder no longer describe this folder
     dist.barrier()  # every process returns once the run folder is complete
     return out
