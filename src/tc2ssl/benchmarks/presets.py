@@ -7,7 +7,10 @@ the defaults of the suite options (``suite.KEY=VALUE`` on the command line):
 * ``max_test``: evaluate on at most this many test images per test set (a fixed seed-0 subset, the same for
   every run; 0 = all);
 * ``k_values``: the K of the ``cifar10_subset`` K ablation (Table 13);
-* ``rho``: P(colour = class) in the ``colored_mnist`` training split.
+* ``rho``: P(colour = class) in the ``colored_mnist`` training split;
+* ``curve_every``: record the time-to-accuracy kNN every this many epochs (0 = off) on ``curve_images`` train and
+  test images of the pretraining data (:mod:`tc2ssl.benchmarks.curves`);
+* ``equal_compute``: 1 = add the equal-compute baseline rows (:mod:`tc2ssl.benchmarks.compute`), 0 = not.
 
 The user's ``key=value`` overrides and ``--seeds`` come after the preset and win.
 
@@ -39,7 +42,8 @@ from typing import Any
 from tc2ssl.data.colored_mnist import COLORED_MNIST_RHO
 from tc2ssl.errors import ConfigError
 
-SUITE_OPTION_DEFAULTS: dict[str, Any] = {"max_test": 0, "k_values": [2, 4, 8, 16], "rho": COLORED_MNIST_RHO}
+SUITE_OPTION_DEFAULTS: dict[str, Any] = {"max_test": 0, "k_values": [2, 4, 8, 16], "rho": COLORED_MNIST_RHO,
+                                         "curve_every": 0, "curve_images": 1000, "equal_compute": 0}
 
 
 @dataclass(frozen=True)

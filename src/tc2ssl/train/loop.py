@@ -27,6 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -225,6 +226,22 @@ def _resolved(config: dict) -> dict:
         return config_mod.to_dict(config_mod.from_dict(config))
     except ConfigError:
         return config
+
+
+#: callables ``hook(epoch, backbone, epoch_record, run_dir)`` run after each epoch's checkpoint in rank 0 (the benchmark's
+#: time-to-accuracy kNN: tc2ssl.benchmarks.curves); a hook must leave the backbone's mode and the RNGs as it found
+#: them. Register through :func:`epoch_end_hook`.
+EPOCH_END_HOOKS: list[Callable] = []
+
+
+@contextlib.contextmanager
+def epoch_end_hook(hook: Callable):
+    """Run ``hook(epoch, backbone, epoch_record, run_dir)`` after every epoch of the pretrainings inside the block."""
+    EPOCH_END_HOOKS.append(hook)
+    try:
+        yield hook
+    finally:
+        EPOCH_END_HOOKS.remove(hook)
 
 
 #: train.strategy=ddp re-runs the command line in every process, which fits one training run per command
@@ -448,6 +465,8 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
             })
+            for hook in EPOCH_END_HOOKS:
+                hook(epoch, method.backbone, epoch_record, out)
         if stop_at is not None and global_step >= stop_at:
             break
 
