@@ -64,10 +64,11 @@ def wait_for(predicate, process, timeout: float) -> bool:
 @pytest.mark.filterwarnings("ignore")
 def test_a_killed_benchmark_resumes_to_the_results_of_an_uninterrupted_one(shared_data, tmp_path):
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    process = subprocess.Popen(benchmark_command(killed), env=environment(), cwd=tmp_path,
+    process = subprocess.Popen(benchmark_command(killed), env=environment(), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        assert wait_for(lambda: (killed / "none_seed0" / "benchmark.json").is_file(), process, 600)
+        assert wait_for(lambda: (killed / "none_seed0" / "benchmark.json").is_file(), process, 600), (
+            process.stderr.read().decode()[-2000:] if process.poll() is not None else "timed out")
         # kill while the second run is mid-training: after its first epoch checkpoint, before its last epoch
         assert wait_for(lambda: (killed / "tc2_seed0" / "checkpoint.pt").is_file(), process, 600)
         process.send_signal(signal.SIGKILL)
@@ -79,11 +80,11 @@ def test_a_killed_benchmark_resumes_to_the_results_of_an_uninterrupted_one(share
                       (killed / "tc2_seed0" / "metrics.jsonl").read_text().splitlines())
     assert not (killed / "tc2_seed0" / "benchmark.json").exists() and 1 <= epochs_done < 4
 
-    resumed = subprocess.run(benchmark_command(killed), env=environment(), cwd=tmp_path, capture_output=True,
+    resumed = subprocess.run(benchmark_command(killed), env=environment(), cwd=REPO, capture_output=True,
                              text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "reusing the finished run" in resumed.stderr and "resuming" in resumed.stderr
-    subprocess.run(benchmark_command(whole), env=environment(), cwd=tmp_path, check=True, capture_output=True)
+    subprocess.run(benchmark_command(whole), env=environment(), cwd=REPO, check=True, capture_output=True)
 
     after_kill, uninterrupted = (json.loads((d / "results.json").read_text()) for d in (killed, whole))
     for label in ("none", "tc2"):

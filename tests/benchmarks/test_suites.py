@@ -30,7 +30,7 @@ def test_unknown_suite_is_a_clear_error_listing_the_suites(capsys):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["benchmark", "--preset", "huge", "pacs"], "valid presets: smoke, cpu, paper"),
+    (["benchmark", "--preset", "huge", "pacs"], "valid presets: smoke, cpu, standard, paper"),
     (["benchmark", "--seeds", "a", "pacs"], "--seeds must be comma-separated integers"),
     (["benchmark", "pacs", "suite.rho=0.5"], "suite 'pacs' takes suite.max_test=VALUE"),
     (["benchmark", "colored_mnist", "suite.rho=2"], "expected float"),

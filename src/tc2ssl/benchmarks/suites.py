@@ -1,6 +1,6 @@
 """The benchmark suites of ``tc2ssl benchmark SUITE`` (D-BM-01; checks R4, R5, R5b, R6).
 
-Usage: ``tc2ssl benchmark [--preset smoke|cpu|paper] [--plugins none,tasks,tc2] [--seeds 0,1,2] SUITE
+Usage: ``tc2ssl benchmark [--preset smoke|cpu|standard|paper] [--plugins none,tasks,tc2] [--seeds 0,1,2] SUITE
 [key=value ...] [suite.KEY=VALUE ...]`` (argparse takes the options before SUITE or after the overrides, not
 between them). ``key=value`` goes to the base config of every run (e.g. ``method.name=byol``); ``suite.KEY=VALUE``
 sets a suite option (see :mod:`tc2ssl.benchmarks.presets`).
