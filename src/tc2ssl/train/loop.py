@@ -228,9 +228,9 @@ def _resolved(config: dict) -> dict:
         return config
 
 
-#: callables ``hook(epoch, backbone, epoch_record, run_dir)`` run after each epoch's checkpoint in rank 0 (the benchmark's
-#: time-to-accuracy kNN: tc2ssl.benchmarks.curves); a hook must leave the backbone's mode and the RNGs as it found
-#: them. Register through :func:`epoch_end_hook`.
+#: callables ``hook(epoch, backbone, epoch_record, run_dir)`` run at the end of each epoch in rank 0, just before
+#: its checkpoint (the benchmark's time-to-accuracy kNN: tc2ssl.benchmarks.curves); a hook must leave the
+#: backbone's mode and the RNGs as it found them. Register through :func:`epoch_end_hook`.
 EPOCH_END_HOOKS: list[Callable] = []
 
 
@@ -459,14 +459,14 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
                         "seconds": time.perf_counter() - t_epoch, **plugin.epoch_summary(epoch)}
         if rank_zero:
             metrics_log.write(epoch_record)
+            for hook in EPOCH_END_HOOKS:   # before the checkpoint: a run killed in between replays the epoch
+                hook(epoch, method.backbone, epoch_record, out)
             save_checkpoint(ckpt_path, {
                 "config": config_mod.to_dict(cfg), "epoch": epoch, "global_step": global_step,
                 "method": method.state_dict(), "plugin": plugin.state_dict(), "plugin_extra": plugin.extra_state(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
             })
-            for hook in EPOCH_END_HOOKS:
-                hook(epoch, method.backbone, epoch_record, out)
         if stop_at is not None and global_step >= stop_at:
             break
 
