@@ -12,14 +12,22 @@ seeds, so rows are compared through per-seed (paired) differences against the ba
 Outputs under ``out`` (default ``runs/benchmark/<suite>``):
 
 - ``<row>_seed<seed>/``: the run folder(s) of each pretraining (``config.yaml``, ``metrics.jsonl``,
-  ``checkpoint.pt``, ``encoder.safetensors``) and ``benchmark.json`` (the run's metrics and full evaluation);
+  ``checkpoint.pt``, ``encoder.safetensors``, ``curve.jsonl``) and ``benchmark.json`` (the run's config, metrics
+  and full evaluation);
 - ``results.json``: config, rows, seeds, per-run metrics, mean ± std per row and metric, paired differences
   against ``none`` with 95% t-intervals, the per-epoch inter-task gradient cosines, their Spearman correlation
   with the suite's primary metric (R3's question, over all runs) and, for ``cifar10_subset``, the K ablation;
-- ``results.md``: the same as tables; ``metrics.png`` (bars per row), ``conflict.png`` (Figure 1 curves) and,
-  for ``cifar10_subset``, ``k_curve.png``.
+  The equal-compute comparators and paired differences (``equal_compute``, ``paired_compute``:
+  :mod:`tc2ssl.benchmarks.compute`) and the per-row time-to-accuracy curves (``curves``:
+  :mod:`tc2ssl.benchmarks.curves`);
+- ``results.md``: the same as tables; ``metrics.png`` (bars per row), ``conflict.png`` (Figure 1 curves),
+  ``time_to_accuracy.png`` and, for ``cifar10_subset``, ``k_curve.png``.
 
-Why one file of ~580 lines: the four suites are small functions around one driver (``run_benchmark``), its
+Resuming: running the same command again reuses every run whose ``benchmark.json`` holds the same config (a
+different config is refused, naming the differences), and continues an unfinished pretraining from its last epoch
+checkpoint (train.resume); the results equal an uninterrupted run's.
+
+Why one file of ~700 lines: the four suites are small functions around one driver (``run_benchmark``), its
 summary and its report; each suite reads the driver's types (``Row``, ``SuiteContext``, ``RunOutcome``) and the
 report reads each suite's metrics, so splitting them would scatter one data flow over several files. The
 figures are in ``benchmarks/plots.py``.
