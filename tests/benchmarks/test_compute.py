@@ -30,8 +30,9 @@ def test_equal_compute_epochs_follow_measured_seconds(tmp_path):
 
 def test_two_pretrainings_per_run_are_summed(tmp_path):
     rows = [Row("none", "none"), Row("tc2", "tc2")]
-    runs = {"none": {"0": {"run_dirs": [run_folder(tmp_path / "n1", [5.0, 5.0]), run_folder(tmp_path / "n2", [7.0, 7.0])]}},
-            "tc2": {"0": {"run_dirs": [run_folder(tmp_path / "t1", [9.0, 9.0]), run_folder(tmp_path / "t2", [15.0, 15.0])]}}}
+    folders = {"none": [("n1", [5.0, 5.0]), ("n2", [7.0, 7.0])], "tc2": [("t1", [9.0, 9.0]), ("t2", [15.0, 15.0])]}
+    runs = {label: {"0": {"run_dirs": [run_folder(tmp_path / name, seconds) for name, seconds in pairs]}}
+            for label, pairs in folders.items()}
     matches, new_rows = match_compute(rows, runs, "0")
     assert matches[0].epochs == 4 and matches[0].baseline_seconds_per_epoch == 12.0   # 48 s / (24 s / 2 epochs)
     assert new_rows[0].overrides == ("train.epochs=4",)

@@ -34,6 +34,13 @@ pacs 25 s, digits_transfer 10 s (two probes), cifar10_subset 4 s; about 3 s of s
                      2 epochs left SimCLR only 3 points above the random-init probe)
     pacs:            6,144 of the 7,137 photo+sketch+cartoon train images = 24 steps/epoch × 3 epochs = 72 steps;
                      9 × (72 × 2.25 + 28) s + 5 s decoding ≈ 1,720 s ≈ 29 min
+
+Budget of ``standard`` (an estimate from the step costs above, not a measured wall time): per seed the default
+rows plus the equal-compute rows cost, for colored_mnist at 12 epochs (336 steps per run), none 370 s, +T 540 s,
+TC² 770 s, none@tasks (17 epochs) 520 s, none@tc2 (25 epochs) 770 s, evaluations about 50 s: ≈ 3,000 s per seed,
+≈ 2.5 h for 3 seeds at a load average of 6 and roughly 50-75 minutes on an idle machine. Only colored_mnist's
+epochs rest on a measurement (docs/results.md §9: SimCLR 79.2 average at 6 epochs, 87.8 at 12); the other suites'
+epochs are 3x the cpu preset's and provisional until ``python -m tc2ssl.benchmarks.simclr_curve SUITE`` has measured them.
 """
 from __future__ import annotations
 
@@ -100,7 +107,7 @@ STANDARD = BenchmarkPreset(
     seeds=(0, 1, 2),
     overrides=CPU.overrides,
     suite_overrides={
-        # measured on this machine (issue 18): SimCLR 79.2 average at 6 epochs, 87.8 at 12 (7,168 images)
+        # measured on this machine: SimCLR 79.2 average at 6 epochs, 87.8 at 12 (7,168 images; docs/results.md §9)
         "colored_mnist": ("data.max_train=7168", "train.epochs=12"),
         # unmeasured: 3x the cpu preset's epochs, to be set from benchmarks.simclr_curve
         "digits_transfer": ("data.max_train=4096", "train.epochs=9"),

@@ -578,8 +578,8 @@ def summarize_runs(suite: Suite, preset: BenchmarkPreset, base: config_mod.RunCo
                    seeds: list[int], options: dict, runs: dict, matches: list | None = None) -> dict:
     """results.json without the plots: mean ± std per row and metric, paired differences against ``none`` (equal
     epochs) and against each row's equal-compute comparator (``matches``, :mod:`tc2ssl.benchmarks.compute`), the
-    per-row time-to-accuracy curves, and the Spearman correlation between each run's early conflict (mean cosine over the first half of its epochs, of its
-    first pretraining) and its primary metric."""
+    per-row time-to-accuracy curves, and the Spearman correlation between each run's early conflict (mean cosine
+    over the first half of its epochs, of its first pretraining) and its primary metric."""
     keys = [str(s) for s in seeds]
     summary = {row.label: {m: summarize([runs[row.label][k]["metrics"][m] for k in keys]).as_dict()
                            for m in suite.metrics} for row in rows}
