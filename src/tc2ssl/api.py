@@ -64,7 +64,7 @@ class TC2Step:
         # your loop's batch is yours (train.* is not used here): a batch of K images keeps the checks of
         # train.batch_size against plugin.n_tasks (K <= batch, plugin.remainder=error) out of the way
         k = plugin_options.get("n_tasks", config_mod.PluginConfig.n_tasks)
-        overrides.append(f"train.batch_size={k if isinstance(k, int) and k >= 2 else 2}")
+        overrides.append(f"train.batch_size={2 * k if isinstance(k, int) and k >= 1 else 4}")  # 2 images per task
         cfg = config_mod.load_config((), overrides)
         view_maker = ViewMaker(augment, image_size, channels) if isinstance(augment, str) else augment
         device = next(method.parameters()).device

@@ -12,10 +12,14 @@
                                                         the checks (docs/decisions.md) R1-R6 with their verdicts)
     tc2ssl recheck BENCHMARK_DIR                        recompute a finished benchmark's checks, rewrite results.md
     tc2ssl evaluate RUN_DIR [eval.data=NAME ...]         linear probe + kNN of a trained encoder on any labelled data
+    tc2ssl umm RUN_DIR [key=value ...]                  UMM post hoc on a finished run (= tc2ssl posthoc RUN_DIR
+                                                        plugin.name=umm; docs/umm.md)
     tc2ssl config [-p PRESET ...] [key=value ...]       print the resolved config
     tc2ssl list                                         data sources, backbones, methods, plug-ins, presets
 
-Errors caused by input (bad config, missing data, corrupt files) are printed as one line, exit status 2.
+Errors caused by input (bad config, missing data, corrupt files, a run folder in use or holding another run, a
+full or read-only disk) are printed as one line, exit status 2; anything else is a bug and keeps its traceback.
+Options and key=value overrides may come in any order.
 """
 from __future__ import annotations
 
@@ -36,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-p", "--preset", action="append", default=[],
                        help="preset name (see `tc2ssl list`) or YAML file; repeatable, later ones win")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 plugin.name=tc2")
+    p = sub.add_parser("umm", help="UMM post hoc on a finished run: tc2ssl posthoc RUN_DIR plugin.name=umm")
+    p.add_argument("run_dir")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=10 plugin.umm.lam=0.1")
     p = sub.add_parser("posthoc", help="fine-tune a finished run with a plug-in, from its weights and config")
     p.add_argument("run_dir", help="a finished run folder (holding config.yaml and checkpoint.pt)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. plugin.name=tc2 train.epochs=2")
@@ -49,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("overrides", nargs="*")
     p = sub.add_parser("benchmark", help="a transfer / OOD suite: every plug-in over seeds, paired differences")
-    p.add_argument("suite", help="pacs, colored_mnist, digits_transfer or cifar10_subset (give --preset, --plugins "
-                   "and --seeds before SUITE or after the key=value overrides)")
+    p.add_argument("suite", help="pacs, colored_mnist, digits_transfer or cifar10_subset (options and key=value "
+                   "overrides may come in any order)")
     p.add_argument("--preset", default="cpu", help="scale: smoke, cpu (default), standard or paper")
     p.add_argument("--plugins", default="random_init,none,tasks,tc2",
                    help="comma-separated rows: plug-in names, and random_init (the untrained backbone, evaluated "
@@ -66,19 +73,39 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.data=usps")
     sub.add_parser("list", help="list data sources, backbones, methods, plug-ins and presets")
+    parser.set_defaults(commands=sub.choices)
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, options and ``key=value`` overrides in any order (``pretrain k=v -p mae k2=v2``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    commands = parser.get_default("commands")
+    if argv and argv[0] in commands:
+        args = commands[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)   # --help, or an unknown command: argparse's own message
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run one command; an error caused by input is printed as one line (exit status 2), a bug as a traceback."""
+    from tc2ssl.train.run_folder import DISK_ERRNOS, disk_error, interrupted_message
+
+    args = parse_args(argv)
     try:
         return _dispatch(args)
     except TC2SSLError as exc:
         print(f"tc2ssl: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        print(f"tc2ssl: error: {disk_error(exc, exc.filename or 'the output folder')}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("tc2ssl: interrupted (the last epoch checkpoint is kept; resume with train.resume=true)",
-              file=sys.stderr)
+        print(f"tc2ssl: {interrupted_message()}", file=sys.stderr)
         return 130
 
 
@@ -108,10 +135,11 @@ def _dispatch(args) -> int:
         if results:
             print(json.dumps(_summary(results), indent=2))
         return 0
-    if args.command == "posthoc":
+    if args.command in ("posthoc", "umm"):
         from tc2ssl.workflows import run_posthoc
 
-        results = run_posthoc(args.run_dir, args.overrides)
+        overrides = ["plugin.name=umm", *args.overrides] if args.command == "umm" else args.overrides
+        results = run_posthoc(args.run_dir, overrides)
         if results:
             print(json.dumps(_summary(results), indent=2))
         return 0

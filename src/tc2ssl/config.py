@@ -21,6 +21,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from tc2ssl.config_fields import bounded, choice
 from tc2ssl.errors import ConfigError
+from tc2ssl.umm.config import UMMConfig
+from tc2ssl.yaml_io import read_yaml_mapping
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -136,6 +138,7 @@ class PluginConfig:
         "auto", ("auto", "always", "never"),
         help="take the support rows of S from the stage-2 support forward instead of a separate one (saves N·m' "
              "view forwards); auto = only where it is exact, i.e. no BatchNorm uses batch statistics")
+    umm: UMMConfig = field(default_factory=UMMConfig)
 
 
 @dataclass
@@ -159,6 +162,8 @@ class TrainConfig:
                             help="64-true: float64 everywhere (slow; for exactness checks, e.g. the DDP test)")
     channels_last: bool = False
     resume: bool = False
+    overwrite: bool = field(default=False, metadata={
+        "help": "start afresh in an out= folder that holds other files: move them into out/.replaced-<time>/"})
     init_from: Optional[str] = field(default=None, metadata={
         "help": "a finished run folder whose weights this run starts from (post hoc: `tc2ssl posthoc RUN_DIR`)"})
     max_steps: int = bounded(0, 0, help="stop after this many steps in total (0 = no limit; for tests)")
@@ -185,6 +190,24 @@ class EvalConfig:
 
 
 @dataclass
+class DiagConfig:
+    """Per-layer diagnostics during pretraining (docs/umm.md): kNN accuracy (optionally a linear probe) and the
+    coding rate reduction ΔR of every backbone tap, written to ``layers.csv``; off by default."""
+
+    layers_every: int = bounded(0, 0, help="measure every backbone tap every this many epochs (0 = off)")
+    at_init: bool = field(default=True, metadata={"help": "also measure before the first epoch (epoch 0)"})
+    eval_size: int = bounded(600, 10, help="labelled test images the accuracy and label-partition ΔR use")
+    bank_size: int = bounded(1200, 10, help="labelled training images of the kNN bank / probe training set")
+    knn_k: int = bounded(20, 1)
+    knn_temperature: float = bounded(0.07, 0.0, low_open=True)
+    linear_probe: bool = field(default=False, metadata={"help": "also fit a logistic-regression probe per tap"})
+    probe_max_iter: int = bounded(100, 1)
+    eps2: float = bounded(0.5, 0.0, low_open=True, help="ε² of R, R_c and ΔR")
+    instance_images: int = bounded(128, 2, help="training images (two views each) of the instance-partition ΔR")
+    batch_size: int = bounded(512, 1)
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     out: str = "runs/default"
@@ -194,6 +217,7 @@ class RunConfig:
     plugin: PluginConfig = field(default_factory=PluginConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    diag: DiagConfig = field(default_factory=DiagConfig)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -256,9 +280,9 @@ def load_config(presets: list[str] | tuple[str, ...] = (), overrides: list[str] 
     cfg = OmegaConf.structured(RunConfig if base is None else base)
     try:
         for name in presets:
-            preset = OmegaConf.load(preset_path(name))
-            _removed_in(OmegaConf.to_container(preset))
-            cfg = OmegaConf.merge(cfg, preset)
+            preset = read_yaml_mapping(preset_path(name), "preset")   # safe loader, duplicate keys refused
+            _removed_in(preset)
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(preset))
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"bad override {item!r}: expected key=value, e.g. train.epochs=5")
@@ -282,6 +306,8 @@ def load_config(presets: list[str] | tuple[str, ...] = (), overrides: list[str] 
 
 def from_dict(data: dict) -> RunConfig:
     """Rebuild a config from a dict (e.g. a run's config.yaml), validated."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of keys, got a {type(data).__name__}")
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(_drop_removed(data)))
     except OmegaConfBaseException as exc:
@@ -396,3 +422,6 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"eval.data={cfg.eval.data!r} is unknown; valid names: {', '.join(registries['data'].names())}")
     if not cfg.eval.probe_cs or any(c <= 0 for c in cfg.eval.probe_cs):
         raise ConfigError("eval.probe_cs must be a non-empty list of positive numbers")
+    from tc2ssl.config_checks import check_limits
+
+    check_limits(cfg)   # finite numbers in sane ranges, the shapes a step needs, ~ expanded

@@ -24,3 +24,8 @@ class TrainingError(TC2SSLError):
 
 class CheckpointError(TC2SSLError):
     """A checkpoint is missing, corrupt or incompatible with the run."""
+
+
+class RunFolderError(TC2SSLError):
+    """A run folder cannot be used: another run's files, another process writing to it, or a disk that refuses
+    writes (full, read-only)."""

@@ -95,7 +95,7 @@ def test_non_finite_loss_in_a_fresh_run_does_not_point_to_a_stale_checkpoint(tmp
     pretrain(tiny_config(tmp_path, "train.epochs=1"))  # an earlier run in the same folder
     nan_loss_at(monkeypatch, epoch=0, step=0)
     with pytest.raises(TrainingError) as excinfo:
-        pretrain(tiny_config(tmp_path, "train.epochs=1", "seed=1"))
+        pretrain(tiny_config(tmp_path, "train.epochs=1", "seed=1", "train.overwrite=true"))
     assert "epoch -1" not in str(excinfo.value)
 
 

@@ -29,6 +29,9 @@ from tc2ssl.errors import ConfigError, DataError
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 FOLDER_DEFAULT_RESOLUTION = 64
+#: the most pixels one image may have once decoded (JPEGs count after their reduced-scale draft): memory per image
+#: stays bounded (8 decoding threads x 40 M pixels x 3 bytes < 1 GB)
+MAX_DECODED_PIXELS = 40_000_000
 
 PACS_DOMAINS = ("photo", "art_painting", "cartoon", "sketch")
 PACS_CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
@@ -43,6 +46,9 @@ def decode_image(path: Path, resolution: int, channels: int) -> np.ndarray:
         with Image.open(path) as image:
             mode = {1: "L", 3: "RGB"}.get(channels, "L" if image.mode in GREY_MODES else "RGB")
             image.draft(mode, (resolution, resolution))  # JPEG: decode at the smallest DCT scale >= resolution
+            if image.size[0] * image.size[1] > MAX_DECODED_PIXELS:
+                raise DataError(f"{path}: {image.size[0]}×{image.size[1]} pixels is more than this loader decodes "
+                                f"({MAX_DECODED_PIXELS // 1_000_000} megapixels); shrink the image")
             image = image.convert(mode)
             if image.size != (resolution, resolution):
                 image = image.resize((resolution, resolution), Image.Resampling.BILINEAR)

@@ -48,6 +48,7 @@ def read_npz(path: Path) -> Arrays:
     if not path.is_file():
         raise DataError(f"{path}: not a file; {NPZ_FORMAT}")
     try:
+        check_declared_sizes(path)
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise DataError(f"{path}: a single .npy array, not an .npz archive; {NPZ_FORMAT}")
@@ -59,6 +60,36 @@ def read_npz(path: Path) -> Arrays:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc}); {NPZ_FORMAT}") from exc
     return validate_images(path, images), validate_labels(path, labels, len(images))
+
+
+#: the largest image side (pixels) an .npz may hold
+MAX_IMAGE_SIDE = 4096
+#: class indices must be below max(number of images, this): a larger index means a class list longer than the data
+MIN_CLASS_LIMIT = 1000
+
+
+def check_declared_sizes(path: Path) -> None:
+    """Refuse an archive member whose .npy header declares more bytes than the member holds, before numpy
+    allocates the declared shape (a small file could otherwise claim terabytes)."""
+    if not zipfile.is_zipfile(path):
+        return   # np.load reports what it is
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                else:
+                    raise DataError(f"{path}: {info.filename} uses .npy format version {version}; save it with "
+                                    "numpy.savez (version 1.0)")
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if declared > info.file_size:
+                raise DataError(f"{path}: {info.filename} declares shape {tuple(shape)} ({declared} bytes) but holds "
+                                f"only {info.file_size} bytes; the file is damaged or crafted")
 
 
 def validate_images(path: Path, images: np.ndarray) -> torch.Tensor:
@@ -73,6 +104,9 @@ def validate_images(path: Path, images: np.ndarray) -> torch.Tensor:
         raise DataError(f"{path}: 'images' must be N×H×W (grey) or N×H×W×3 (RGB), got shape {images.shape}")
     if tensor.shape[0] == 0:
         raise DataError(f"{path}: 'images' holds no images")
+    if not all(1 <= side <= MAX_IMAGE_SIDE for side in tensor.shape[-2:]):
+        raise DataError(f"{path}: images of {tensor.shape[-2]}×{tensor.shape[-1]} pixels; each side must lie in "
+                        f"1..{MAX_IMAGE_SIDE}")
     return tensor.contiguous()
 
 
@@ -83,8 +117,15 @@ def validate_labels(path: Path, labels: np.ndarray | None, n_images: int) -> tor
         raise DataError(f"{path}: 'labels' must be a 1-D integer array, got {labels.dtype} with shape {labels.shape}")
     if len(labels) != n_images:
         raise DataError(f"{path}: {n_images} images but {len(labels)} labels")
-    if labels.min() < 0:
-        raise DataError(f"{path}: 'labels' must be class indices >= 0, found {labels.min()}")
+    if labels.size == 0:
+        return torch.from_numpy(labels.astype(np.int64))
+    low, high = int(labels.min()), int(labels.max())   # Python ints: exact for uint64 too
+    if low < 0:
+        raise DataError(f"{path}: 'labels' must be class indices >= 0, found {low}")
+    limit = max(n_images, MIN_CLASS_LIMIT)
+    if high >= limit:
+        raise DataError(f"{path}: class index {high} is too large for {n_images} images; class indices must be "
+                        f"below max(number of images, {MIN_CLASS_LIMIT}) = {limit} (number the classes 0, 1, 2, ...)")
     return torch.from_numpy(labels.astype(np.int64))
 
 

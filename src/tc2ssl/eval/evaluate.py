@@ -39,6 +39,14 @@ def group_accuracies(predictions: torch.Tensor, labels: torch.Tensor, groups: to
     return accuracies
 
 
+def probe_training_subset(train: ImageSet, max_train: int, seed: int) -> ImageSet:
+    """The probe's training images: a seeded random subset of at most ``max_train`` (0 = all), in order."""
+    if 0 < max_train < len(train):
+        generator = torch.Generator().manual_seed(seed)
+        return train.subset(torch.randperm(len(train), generator=generator)[:max_train].sort().values)
+    return train
+
+
 def evaluate_backbone(backbone: nn.Module, train: ImageSet, test: ImageSet, cfg: EvalConfig,
                       device: str | torch.device = "cpu", seed: int = 0) -> dict:
     """Linear probe and kNN accuracy of ``backbone``'s pooled features, trained on ``train``, tested on ``test``.
@@ -59,9 +67,7 @@ def evaluate_backbone(backbone: nn.Module, train: ImageSet, test: ImageSet, cfg:
             raise DataError(f"evaluation needs labels; the {name} set {split.name!r} has none")
     if test.groups is not None and test.groups.shape != (len(test),):
         raise DataError(f"test set {test.name!r}: {len(test)} images but groups of shape {tuple(test.groups.shape)}")
-    if 0 < cfg.max_train < len(train):
-        generator = torch.Generator().manual_seed(seed)
-        train = train.subset(torch.randperm(len(train), generator=generator)[:cfg.max_train].sort().values)
+    train = probe_training_subset(train, cfg.max_train, seed)
 
     train_x = extract_features(backbone, train.images, cfg.batch_size, device)
     test_x = extract_features(backbone, test.images, cfg.batch_size, device)

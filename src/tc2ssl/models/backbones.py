@@ -135,14 +135,12 @@ class TorchvisionResNet(Backbone):
         super().__init__()
         import torchvision
 
-        weights = None
-        if pretrained:
-            weights = {"resnet18": "IMAGENET1K_V1", "resnet50": "IMAGENET1K_V2"}[arch]
-        try:
-            net = getattr(torchvision.models, arch)(weights=weights)
-        except (OSError, RuntimeError) as exc:  # offline download of pretrained weights
-            raise ConfigError(f"could not load pretrained {arch} weights ({exc}); use model.pretrained=false "
-                              "or put the torchvision weights in $TORCH_HOME/hub/checkpoints") from None
+        net = getattr(torchvision.models, arch)(weights=None)
+        if pretrained:   # loaded hash-checked and without unpickling code (tc2ssl.models.pretrained)
+            from tc2ssl.models.pretrained import load_torchvision_weights
+
+            weights = torchvision.models.get_model_weights(arch)
+            load_torchvision_weights(net, weights[{"resnet18": "IMAGENET1K_V1", "resnet50": "IMAGENET1K_V2"}[arch]])
         if cifar_stem:
             net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
             net.maxpool = nn.Identity()
@@ -196,7 +194,13 @@ class TimmBackbone(Backbone):
             raise ConfigError(f"model.backbone=timm:{name} needs timm: pip install timm") from None
         if name not in timm.list_models():
             raise ConfigError(f"timm has no model {name!r}")
-        self.net = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_channels)
+        try:   # timm (>= 1.0) reads weights as safetensors or with torch.load(weights_only=True)
+            self.net = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_channels)
+        except OSError as exc:   # offline: Hugging Face hub and URL errors are OSErrors
+            if not pretrained:
+                raise
+            raise ConfigError(f"could not load timm's pretrained weights for {name!r} ({type(exc).__name__}); "
+                              "connect to the internet once (timm caches them) or use model.pretrained=false") from None
         self.feat_dim = self.net.num_features
         info = [dict(f) for f in (getattr(self.net, "feature_info", None) or []) if f.get("module")]
         self._stages = {f["module"]: f for f in info}

@@ -24,17 +24,30 @@ def atomic_write_bytes(path: Path, write) -> None:
     """Call ``write(file_object)`` on a temporary file next to ``path``, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _refused_write(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _refused_write(exc, path) from None
         raise
+
+
+def _refused_write(exc: OSError, path: Path) -> BaseException:
+    """A full or read-only disk as a one-line RunFolderError (the old file at ``path`` is untouched); any other
+    OSError as it is."""
+    from tc2ssl.train.run_folder import DISK_ERRNOS, disk_error
+
+    return disk_error(exc, path) if exc.errno in DISK_ERRNOS else exc
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -57,7 +70,35 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has an unknown format")
+    for key, kind in RUN_STATE_TYPES.items():
+        if key in state and not isinstance(state[key], kind):
+            raise CheckpointError(f"checkpoint {path} is not a tc2ssl checkpoint: {key!r} is a "
+                                  f"{type(state[key]).__name__}, expected {kind.__name__}")
     return state
+
+
+#: the entries of a pretraining checkpoint and their types (checked on load; tensors by ``load_run_state``)
+RUN_STATE_TYPES = {"config": dict, "epoch": int, "global_step": int, "method": dict, "plugin": dict,
+                   "optimizer": dict, "scheduler": dict}
+
+
+def require_run_state(state: dict, path: Path) -> None:
+    """A pretraining checkpoint holds every entry of :data:`RUN_STATE_TYPES` and finite weights."""
+    missing = [key for key in RUN_STATE_TYPES if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a tc2ssl pretraining checkpoint (missing "
+                              f"{', '.join(missing)})")
+    bad = first_non_finite(state["method"])
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights ({bad}); it cannot be resumed")
+
+
+def first_non_finite(tensors: dict) -> str | None:
+    """The name of the first floating-point tensor in ``tensors`` holding NaN or inf, else None."""
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            return str(name)
+    return None
 
 
 def export_encoder(path: Path, backbone, metadata: dict) -> None:
@@ -88,4 +129,26 @@ def load_encoder_weights(path: Path) -> tuple[dict, dict]:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise CheckpointError(f"{path} holds non-finite weights ({bad}); it cannot be evaluated")
     return tensors, meta
+
+
+def encoder_input_format(meta: dict, path: Path) -> tuple[int, int]:
+    """(in_channels, resolution) from an encoder export's metadata, validated."""
+    missing = [key for key in ENCODER_METADATA if key not in meta]
+    if missing:
+        raise CheckpointError(f"{path} is not a tc2ssl encoder export: its metadata lacks {', '.join(missing)}")
+    try:
+        channels, resolution = int(meta["in_channels"]), int(meta["resolution"])
+    except ValueError:
+        raise CheckpointError(f"{path}: metadata in_channels / resolution are not integers") from None
+    if channels not in (1, 3) or not 1 <= resolution <= 4096:
+        raise CheckpointError(f"{path}: metadata in_channels={channels} / resolution={resolution} are out of range "
+                              "(1 or 3 channels, 1..4096 pixels)")
+    return channels, resolution
+
+
+#: the metadata every encoder export carries (written by :func:`export_encoder`)
+ENCODER_METADATA = ("backbone", "in_channels", "resolution")

@@ -6,8 +6,10 @@ own are elsewhere (``train/checkpoint.py``, ``train/schedule.py``, ``distributed
 
 Per step: views and the TC² task split come from seeds derived from (run seed, epoch, step), and the image order of
 an epoch from (run seed, epoch), so a run resumed from its last epoch checkpoint replays exactly what an
-uninterrupted run does. A checkpoint is written atomically at the end of every epoch; a non-finite loss stops the run
-with a clear message and leaves the last good checkpoint in place.
+uninterrupted run does. A checkpoint is written atomically at the end of every epoch; a non-finite loss, or an epoch
+mean loss more than 10 x max(|best|, 1) above the best epoch mean so far (:func:`check_epoch_loss`), stops the run with
+a clear message and leaves the last good checkpoint in place. The run folder is claimed first
+(``tc2ssl.train.run_folder``: a lock, and no mixing with another run's files).
 
 ``train.precision=16-mixed`` (CUDA) scales the loss with a ``torch.amp.GradScaler`` (``Plugin.backward``) and
 unscales the gradients before clipping and the optimiser step (:func:`apply_gradients`); on a CPU Fabric runs it as
@@ -36,6 +38,7 @@ from tc2ssl.data import load_data
 from tc2ssl.data.augment import ViewMaker, auto_preset, seeded, step_seed
 from tc2ssl.data.base import DataSplits
 from tc2ssl import errors as errors_mod
+from tc2ssl.diagnostics.layers import LayerDiagnostics
 from tc2ssl.distributed import SINGLE_PROCESS, DistributedContext, launch_strategy
 from tc2ssl.errors import CheckpointError, ConfigError, TC2SSLError, TrainingError
 from tc2ssl.methods import build_method
@@ -43,12 +46,14 @@ from tc2ssl.models import build_backbone
 from tc2ssl.plugins import build_plugin
 from tc2ssl.plugins.base import StepInfo, trainable_parameters
 from tc2ssl.train.checkpoint import (CHECKPOINT_NAME, atomic_write_text, export_encoder, load_checkpoint,
-                                     save_checkpoint)
+                                     require_run_state, save_checkpoint)
+from tc2ssl.train.run_folder import DISK_ERRNOS, claimed_run_folder, disk_error, remove_stale_evaluations
 from tc2ssl.train.schedule import build_optimizer, build_scheduler
+from tc2ssl.yaml_io import read_yaml_mapping
 
 # keys that may differ between the run that wrote a checkpoint and the run that resumes it
-RESUME_FREE_KEYS = {"train.resume", "train.progress", "train.max_steps", "train.log_every", "train.threads", "eval",
-                    "out",
+RESUME_FREE_KEYS = {"train.resume", "train.overwrite", "train.progress", "train.max_steps", "train.log_every",
+                    "train.threads", "eval", "diag", "out",
                     # the global batch makes a run independent of the number of processes (tc2ssl.distributed)
                     "train.devices", "train.strategy"}
 
@@ -145,23 +150,56 @@ class MetricsLog:
         self.path = path
 
     def truncate_after(self, step: int, epoch: int) -> None:
-        """Drop records written after a checkpoint (a resumed run rewrites them)."""
+        """Drop records written after a checkpoint (a resumed run rewrites them). The last line may be cut short
+        by a kill (it is dropped); any other line that is not a metrics record is an error naming it."""
         if not self.path.exists():
             return
+        lines = self.path.read_bytes().split(b"\n")
+        last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
         kept = []
-        for line in self.path.read_text().splitlines():
+        for i, raw in enumerate(lines):
+            if not raw.strip():
+                continue
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-            if rec.get("kind") == "epoch" and rec["epoch"] < epoch or rec.get("kind") == "step" and rec["step"] < step:
-                kept.append(line)
+                rec = json.loads(raw.decode("utf-8"))
+                position = {"epoch": rec["epoch"], "step": rec["step"]}[rec["kind"]]
+                if not isinstance(position, int):
+                    raise TypeError(position)
+            except (ValueError, KeyError, TypeError):
+                if i == last:
+                    continue  # a line cut short by a kill
+                raise CheckpointError(f"{self.path}, line {i + 1}: not a metrics record ({raw[:60]!r}); the file "
+                                      "was edited or damaged: repair or delete that line to resume") from None
+            if rec["kind"] == "epoch" and position < epoch or rec["kind"] == "step" and position < step:
+                kept.append(raw.decode("utf-8"))
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
+        try:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+                fh.flush()
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            raise disk_error(exc, self.path) from None
+
+
+#: an epoch whose mean loss exceeds the best epoch mean so far by more than this many times max(|best|, 1) is
+#: "exploding": the run stops and keeps the checkpoint of the epoch before (see docs/reliability.md)
+EXPLOSION_FACTOR = 10.0
+
+
+def check_epoch_loss(loss: float, best: float | None, epoch: int, ckpt_path: Path) -> float:
+    """Stop the run (TrainingError) when the epoch's mean ``loss`` is exploding against ``best``, the lowest
+    epoch mean so far; returns the new best."""
+    if best is not None and loss - best > EXPLOSION_FACTOR * max(abs(best), 1.0):
+        kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept at {ckpt_path}" if ckpt_path.exists()
+                else "no checkpoint had been written yet")
+        raise TrainingError(f"the loss exploded at epoch {epoch} (epoch mean {loss:.4g}, best so far {best:.4g}; "
+                            f"more than {EXPLOSION_FACTOR:g} x max(|best|, 1) above it); {kept}. Try a lower "
+                            "train.lr or train.grad_clip=1.0")
+    return loss if best is None else min(best, loss)
 
 
 class NonFiniteWatch:
@@ -264,8 +302,8 @@ LAUNCH_KEYS = ("accelerator", "devices", "strategy", "precision")
 def pretrain_runs(cfgs: list[config_mod.RunConfig], data: DataSplits | None = None) -> list[Path]:
     """Pretrain several configs one after the other, in ONE launch of the processes when train.devices > 1 (a
     launch costs seconds: every process imports torch and the rest). The configs must agree on ``LAUNCH_KEYS``;
-    ``data`` (if given) serves them all."""
-    global _SCRIPT_LAUNCHED
+    ``data`` (if given) serves them all. Every run folder is claimed (locked, checked for another run's files)
+    before the processes start (``tc2ssl.train.run_folder``)."""
     if not cfgs:
         return []
     first = cfgs[0].train
@@ -273,6 +311,15 @@ def pretrain_runs(cfgs: list[config_mod.RunConfig], data: DataSplits | None = No
         differing = [k for k in LAUNCH_KEYS if getattr(cfg.train, k) != getattr(first, k)]
         if differing:
             raise ConfigError(f"runs launched together must agree on train.{', train.'.join(differing)}")
+    with contextlib.ExitStack() as folders:   # rank 0 / the launcher holds every run folder for the launch
+        for cfg in cfgs:
+            folders.enter_context(claimed_run_folder(cfg))
+        return _launch_runs(cfgs, data)
+
+
+def _launch_runs(cfgs: list[config_mod.RunConfig], data: DataSplits | None) -> list[Path]:
+    global _SCRIPT_LAUNCHED
+    first = cfgs[0].train
     fabric = build_fabric(first)
     if first.devices == 1:
         return [train_process(fabric, cfg, data) for cfg in cfgs]
@@ -369,20 +416,30 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
         dist.broadcast_([*method.parameters(), *method.buffers(), *plugin.parameters(), *plugin.buffers()])
     # rank 0 decides (no process may see a file another one is about to delete)
     resuming = dist.broadcast_object(bool(cfg.train.resume and ckpt_path.exists()))
+    best_loss = None
     if resuming:
         state = load_checkpoint(ckpt_path)
+        require_run_state(state, ckpt_path)
         diffs = _config_diff(_resolved(state["config"]), config_mod.to_dict(cfg))
         if diffs:
             raise CheckpointError(f"cannot resume {ckpt_path}: the config differs from the checkpoint's: "
                                   + "; ".join(diffs))
-        method.load_state_dict(state["method"])
-        plugin.load_state_dict(state["plugin"])
-        plugin.load_extra_state(state["plugin_extra"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+        try:   # a foreign checkpoint that unpickled safely may still not fit (keys, shapes, types)
+            method.load_state_dict(state["method"])
+            plugin.load_state_dict(state["plugin"])
+            plugin.load_extra_state(state.get("plugin_extra"))
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise CheckpointError(f"cannot resume {ckpt_path}: it does not fit this run's model and optimiser "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+                                  ) from None
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
+        best_loss = state.get("best_epoch_loss")
+        best_loss = float(best_loss) if isinstance(best_loss, (int, float)) and not isinstance(best_loss, bool) \
+            else None   # a checkpoint of an older version records none
         if rank_zero:
             metrics_log.truncate_after(global_step, start_epoch)
             print(f"resuming {out} from epoch {start_epoch} (step {global_step})", file=sys.stderr)
@@ -396,6 +453,13 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
         atomic_write_text(out / "config.yaml", config_mod.to_yaml(cfg))
     dist.barrier()
     plugin_state = [*plugin.parameters(), *plugin.buffers()]  # TC²'s f_v, f_w: stage 1 runs in every process
+
+    layer_diag = None   # diag.layers_every: per-layer kNN accuracy and ΔR (tc2ssl.diagnostics.layers)
+    if rank_zero and cfg.diag.layers_every:
+        layer_diag = LayerDiagnostics(cfg, run.data, run.view_maker, out, device)
+        layer_diag.start(start_epoch)
+        if start_epoch == 0 and layer_diag.due(0):
+            layer_diag.measure(method.backbone, 0)
 
     total_steps = cfg.train.epochs * steps_per_epoch
     stop_at = cfg.train.max_steps or None
@@ -459,10 +523,15 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
                         "seconds": time.perf_counter() - t_epoch, **plugin.epoch_summary(epoch)}
         if rank_zero:
             metrics_log.write(epoch_record)
+        best_loss = check_epoch_loss(epoch_record["loss"], best_loss, epoch, ckpt_path)
+        if rank_zero:
+            if layer_diag is not None and layer_diag.due(epoch + 1):
+                layer_diag.measure(method.backbone, epoch + 1)
             for hook in EPOCH_END_HOOKS:   # before the checkpoint: a run killed in between replays the epoch
                 hook(epoch, method.backbone, epoch_record, out)
             save_checkpoint(ckpt_path, {
                 "config": config_mod.to_dict(cfg), "epoch": epoch, "global_step": global_step,
+                "best_epoch_loss": best_loss,
                 "method": method.state_dict(), "plugin": plugin.state_dict(), "plugin_extra": plugin.extra_state(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
@@ -477,6 +546,7 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
             "resolution": run.data.train.resolution, "feat_dim": method.backbone.feat_dim,
             "config": config_mod.to_dict(cfg),
         })
+        remove_stale_evaluations(out)   # evaluations of an earlier encoder no longer describe this folder
     dist.barrier()  # every process returns once the run folder is complete
     return out
 
@@ -497,19 +567,22 @@ def load_finished_run_weights(method: torch.nn.Module, run_dir: Path, cfg: confi
     if not path.is_file():
         raise CheckpointError(f"train.init_from={run_dir} has no {CHECKPOINT_NAME}: give a finished run folder")
     state = load_checkpoint(path)
+    require_run_state(state, path)   # a received folder: every entry present, finite weights
     same = all(state["config"].get(k) == config_mod.to_dict(cfg)[k] for k in ("method", "model"))
     weights = state["method"] if same else {k: v for k, v in state["method"].items() if k.startswith("backbone.")}
-    missing, unexpected = method.load_state_dict(weights, strict=same)
+    try:
+        missing, unexpected = method.load_state_dict(weights, strict=same)
+    except RuntimeError as exc:   # shapes of another width, or keys of another method
+        raise CheckpointError(f"the weights of {run_dir} do not fit this method "
+                              f"({str(exc).splitlines()[-1].strip()[:200]})") from None
     if unexpected or (same and missing):
         raise CheckpointError(f"the weights of {run_dir} do not fit this method (unexpected {unexpected[:3]})")
 
 
 def load_run_config(run_dir: Path) -> config_mod.RunConfig:
     """The config a run folder was trained with."""
-    import yaml  # omegaconf depends on PyYAML
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a tc2ssl run folder (no config.yaml)")
-    return config_mod.from_dict(yaml.safe_load(path.read_text()))
+    return config_mod.from_dict(read_yaml_mapping(path, "run config"))
 
