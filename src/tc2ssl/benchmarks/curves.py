@@ -41,6 +41,7 @@ class KnnCurve:
         self.memory, self.queries = memory, queries
         self.every, self.last_epoch = every, last_epoch
         self.knn_k, self.temperature, self.batch_size, self.device = knn_k, temperature, batch_size, device
+        self.pending: list[dict] = []   # points measured before the run folder exists (the initialisation)
 
     def accuracy(self, backbone: torch.nn.Module) -> float:
         """kNN top-1 accuracy in [0, 1] of ``backbone``'s features (extract_features restores its mode)."""
@@ -49,10 +50,14 @@ class KnnCurve:
         return knn_accuracy(memory_x, self.memory.labels, query_x, self.queries.labels, self.knn_k,
                             self.temperature)
 
-    def record(self, epoch: int, backbone: torch.nn.Module) -> None:
-        point = {"epoch": epoch, "knn": self.accuracy(backbone)}
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(point) + "\n")
+    def record(self, epoch: int, backbone: torch.nn.Module, defer: bool = False) -> None:
+        """Measure the point of ``epoch``; ``defer``: keep it until the first epoch's call writes the file (a run
+        folder must hold only the run's own files when its training starts)."""
+        self.pending.append({"epoch": epoch, "knn": self.accuracy(backbone)})
+        if not defer:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(point) + "\n" for point in self.pending)
+            self.pending = []
 
     def __call__(self, epoch: int, backbone: torch.nn.Module, epoch_record: dict, run_dir: Path) -> None:
         if (epoch + 1) % self.every == 0 or epoch == self.last_epoch:

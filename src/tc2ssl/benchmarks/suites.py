@@ -199,9 +199,8 @@ def pretrain_backbone(cfg: config_mod.RunConfig, data: DataSplits, ctx: SuiteCon
         run_dir = pretrain(cfg, data)
     else:
         if not (run_dir / CHECKPOINT_NAME).exists():   # a fresh run: its curve starts at the initialisation
-            run_dir.mkdir(parents=True, exist_ok=True)
             reset_curve(run_dir)
-            curve.record(INIT_EPOCH, random_init_backbone(cfg, int(data.train.images.shape[1])))
+            curve.record(INIT_EPOCH, random_init_backbone(cfg, int(data.train.images.shape[1])), defer=True)
         with epoch_end_hook(curve):
             run_dir = pretrain(cfg, data)
     backbone, _ = load_backbone(run_dir)
