@@ -5,8 +5,8 @@
                                                         the same run per plug-in, one report side by side
     tc2ssl figure1 [--plugins tasks,tc2] [--seeds 0,1,2] [key=value ...]
                                                         Figure 1: inter-task gradient cosine per epoch
-    tc2ssl benchmark SUITE [--preset smoke|cpu|paper] [--plugins random_init,none,tasks,tc2,gessl] [--seeds 0,1,2]
-                     [--methods byol,...] [key=value ...]
+    tc2ssl benchmark SUITE [--preset smoke|cpu|standard|paper] [--plugins random_init,none,tasks,tc2,gessl]
+                     [--seeds 0,1,2] [--methods byol,...] [key=value ...]
                                                         transfer / OOD suites: pacs, colored_mnist, digits_transfer,
                                                         cifar10_subset (results.md: mean ± std, paired CIs,
                                                         the checks (docs/decisions.md) R1-R6 with their verdicts)
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="a transfer / OOD suite: every plug-in over seeds, paired differences")
     p.add_argument("suite", help="pacs, colored_mnist, digits_transfer or cifar10_subset (options and key=value "
                    "overrides may come in any order)")
-    p.add_argument("--preset", default="cpu", help="scale: smoke, cpu (default) or paper")
+    p.add_argument("--preset", default="cpu", help="scale: smoke, cpu (default), standard or paper")
     p.add_argument("--plugins", default="random_init,none,tasks,tc2,gessl",
                    help="comma-separated rows: plug-in names, and random_init (the untrained backbone, evaluated "
                    "only); default: random_init,none,tasks,tc2,gessl (with gessl and none also 'none batch=N/M')")

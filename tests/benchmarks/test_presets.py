@@ -37,5 +37,5 @@ def test_cpu_budget_arithmetic_matches_the_preset(suite):
 
 
 def test_unknown_preset():
-    with pytest.raises(ConfigError, match="valid presets: smoke, cpu, paper"):
+    with pytest.raises(ConfigError, match="valid presets: smoke, cpu, standard, paper"):
         get_preset("gpu")

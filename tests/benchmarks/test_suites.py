@@ -30,7 +30,7 @@ def test_unknown_suite_is_a_clear_error_listing_the_suites(capsys):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["benchmark", "--preset", "huge", "pacs"], "valid presets: smoke, cpu, paper"),
+    (["benchmark", "--preset", "huge", "pacs"], "valid presets: smoke, cpu, standard, paper"),
     (["benchmark", "--seeds", "a", "pacs"], "--seeds must be comma-separated integers"),
     (["benchmark", "pacs", "suite.rho=0.5"], "suite 'pacs' takes suite.max_test=VALUE"),
     (["benchmark", "colored_mnist", "suite.rho=2"], "expected float"),
@@ -49,7 +49,10 @@ def test_bad_benchmark_inputs_fail_before_any_work(argv, fragment, capsys, tmp_p
 def test_suite_options_parse_and_default_from_the_preset():
     suite = SUITES.get("colored_mnist")
     options, rest = suite_options(suite, get_preset("cpu"), ["suite.rho=0.95", "train.epochs=2"])
-    assert options == {"max_test": 0, "rho": 0.95} and rest == ["train.epochs=2"]
+    assert options == {"max_test": 0, "rho": 0.95, "curve_every": 0, "curve_images": 1000, "equal_compute": 0}
+    assert rest == ["train.epochs=2"]
+    options, _ = suite_options(suite, get_preset("standard"), ["suite.curve_every=3"])
+    assert options["curve_every"] == 3 and options["equal_compute"] == 1
     options, _ = suite_options(SUITES.get("cifar10_subset"), get_preset("smoke"), ["suite.k_values=[2,16]"])
     assert options["k_values"] == [2, 16] and options["max_test"] == 300
 
@@ -57,8 +60,7 @@ def test_suite_options_parse_and_default_from_the_preset():
 def test_k_ablation_adds_one_tc2_row_per_other_k():
     base = config_mod.load_config((), ["plugin.n_tasks=4"])
     rows = k_ablation_rows(base, ["none", "tc2"], {"k_values": [2, 4, 8, 16]})
-    assert rows == [Row("tc2 K=2", "tc2", ("plugin.n_tasks=2",)), Row("tc2 K=8", "tc2", ("plugin.n_tasks=8",)),
-                    Row("tc2 K=16", "tc2", ("plugin.n_tasks=16",))]
+    assert rows == [Row(f"tc2 K={k}", "tc2", (f"plugin.n_tasks={k}",), equal_compute=False) for k in (2, 8, 16)]
     assert rows[2].folder == "tc2_K16"
     assert k_ablation_rows(base, ["none", "tasks"], {"k_values": [2, 8]}) == []
 

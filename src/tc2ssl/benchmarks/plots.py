@@ -54,3 +54,23 @@ def plot_k_curve(curve: dict[int, dict], references: dict[str, float], png_path:
     ax.set_xlabel("K (tasks per batch)")
     ax.set_ylabel("linear probe accuracy (%)")
     return _save(fig, ax, title, png_path)
+
+
+def plot_time_to_accuracy(curves: dict[str, list[dict]], png_path: Path, title: str) -> Path | None:
+    """kNN accuracy (%) against training wall-clock (left) and images seen (right), one curve per row (mean over
+    seeds); None when no row has a curve."""
+    curves = {label: points for label, points in curves.items() if points}
+    if not curves:
+        return None
+    fig = _figure(11, 4)
+    axes = [fig.add_subplot(1, 2, i) for i in (1, 2)]
+    for label, points in curves.items():
+        for ax, key in zip(axes, ("seconds", "images")):
+            ax.plot([p[key] for p in points], [100 * p["knn"] for p in points], marker=".",
+                    label=label.replace("tasks", "+T").replace("tc2", "TC²"))
+    axes[0].set_xlabel("training wall-clock (s)")
+    axes[1].set_xlabel("images seen")
+    for ax in axes:
+        ax.set_ylabel("kNN accuracy (%)")
+    axes[0].set_title("time to accuracy", fontsize=9)
+    return _save(fig, axes[1], title, png_path)

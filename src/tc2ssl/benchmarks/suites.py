@@ -1,6 +1,6 @@
 """The benchmark suites of ``tc2ssl benchmark SUITE`` (D-BM-01; checks R4, R5, R5b, R6).
 
-Usage: ``tc2ssl benchmark [--preset smoke|cpu|paper] [--plugins none,tasks,tc2,gessl] [--seeds 0,1,2] SUITE
+Usage: ``tc2ssl benchmark [--preset smoke|cpu|standard|paper] [--plugins none,tasks,tc2,gessl] [--seeds 0,1,2] SUITE
 [key=value ...] [suite.KEY=VALUE ...]`` (argparse takes the options before SUITE or after the overrides, not
 between them). ``key=value`` goes to the base config of every run (e.g. ``method.name=byol``); ``suite.KEY=VALUE``
 sets a suite option (see :mod:`tc2ssl.benchmarks.presets`).
@@ -12,14 +12,22 @@ seeds, so rows are compared through per-seed (paired) differences against the ba
 Outputs under ``out`` (default ``runs/benchmark/<suite>``):
 
 - ``<row>_seed<seed>/``: the run folder(s) of each pretraining (``config.yaml``, ``metrics.jsonl``,
-  ``checkpoint.pt``, ``encoder.safetensors``) and ``benchmark.json`` (the run's metrics and full evaluation);
+  ``checkpoint.pt``, ``encoder.safetensors``, ``curve.jsonl``) and ``benchmark.json`` (the run's config, metrics
+  and full evaluation);
 - ``results.json``: config, rows, seeds, per-run metrics, mean ± std per row and metric, paired differences
   against ``none`` with 95% t-intervals, the per-epoch inter-task gradient cosines, their Spearman correlation
   with the suite's primary metric (R3's question, over all runs) and, for ``cifar10_subset``, the K ablation;
-- ``results.md``: the same as tables; ``metrics.png`` (bars per row), ``conflict.png`` (Figure 1 curves) and,
-  for ``cifar10_subset``, ``k_curve.png``.
+  The equal-compute comparators and paired differences (``equal_compute``, ``paired_compute``:
+  :mod:`tc2ssl.benchmarks.compute`) and the per-row time-to-accuracy curves (``curves``:
+  :mod:`tc2ssl.benchmarks.curves`);
+- ``results.md``: the same as tables; ``metrics.png`` (bars per row), ``conflict.png`` (Figure 1 curves),
+  ``time_to_accuracy.png`` and, for ``cifar10_subset``, ``k_curve.png``.
 
-Why one file of ~580 lines: the four suites are small functions around one driver (``run_benchmark``), its
+Resuming: running the same command again reuses every run whose ``benchmark.json`` holds the same config (a
+different config is refused, naming the differences), and continues an unfinished pretraining from its last epoch
+checkpoint (train.resume); the results equal an uninterrupted run's.
+
+Why one file of ~700 lines: the four suites are small functions around one driver (``run_benchmark``), its
 summary and its report; each suite reads the driver's types (``Row``, ``SuiteContext``, ``RunOutcome``) and the
 report reads each suite's metrics, so splitting them would scatter one data flow over several files. The
 figures are in ``benchmarks/plots.py``.
@@ -41,7 +49,9 @@ import yaml
 
 from tc2ssl import config as config_mod
 from tc2ssl.benchmarks.checks import checks_markdown, read_run_diagnostics, run_checks
-from tc2ssl.benchmarks.plots import plot_k_curve, plot_metric_bars
+from tc2ssl.benchmarks.compute import match_compute
+from tc2ssl.benchmarks.curves import INIT_EPOCH, KnnCurve, read_curve, reset_curve
+from tc2ssl.benchmarks.plots import plot_k_curve, plot_metric_bars, plot_time_to_accuracy
 from tc2ssl.benchmarks.presets import SUITE_OPTION_DEFAULTS, BenchmarkPreset, get_preset
 from tc2ssl.benchmarks.stats import paired_difference, spearman, summarize
 from tc2ssl.data import load_data
@@ -57,6 +67,8 @@ BASELINE = "none"
 RANDOM_INIT = "random_init"
 DEFAULT_PLUGINS = (RANDOM_INIT, BASELINE, "tasks", "tc2", "gessl")
 CONFIDENCE = 0.95
+#: the suite options of every suite (tc2ssl.benchmarks.presets)
+COMMON_OPTIONS = ("max_test", "curve_every", "curve_images", "equal_compute")
 TEST_SUBSET_SEED = 0
 
 
@@ -71,6 +83,7 @@ class Row:
     overrides: tuple[str, ...] = ()
     baseline: str = "none"
     untrained: bool = False        # the ``random_init`` row: the backbone at its seeded initialisation
+    equal_compute: bool = True     # gets an equal-compute baseline row (tc2ssl.benchmarks.compute)
 
     @property
     def folder(self) -> str:
@@ -94,6 +107,8 @@ class SuiteContext:
     device: torch.device
     cache: dict = field(default_factory=dict)
     untrained: bool = False        # set per run: evaluate the initialised backbone instead of pretraining it
+    #: run folder -> a backbone to evaluate instead of pretraining one (snapshots: benchmarks.simclr_curve)
+    backbones: dict[str, torch.nn.Module] = field(default_factory=dict)
 
     def cached(self, key: tuple, factory: Callable[[], Any]) -> Any:
         if key not in self.cache:
@@ -109,7 +124,7 @@ class Suite:
     primary: str
     overrides: tuple[str, ...]
     run: Callable[[config_mod.RunConfig, SuiteContext], RunOutcome]
-    options: tuple[str, ...] = ("max_test",)
+    options: tuple[str, ...] = COMMON_OPTIONS
     extra_rows: Callable[[config_mod.RunConfig, list[str], dict], list[Row]] | None = None
     report: Callable[[dict, config_mod.RunConfig, Path], tuple[str, dict, list[Path]]] | None = None
 
@@ -126,7 +141,7 @@ def register_suite(name: str, title: str, metrics: tuple[str, ...], primary: str
                    options: tuple[str, ...] = (), extra_rows=None, report=None):
     """Register the decorated per-run function as suite ``name`` (its docstring is the suite's protocol)."""
     def decorator(run: Callable[[config_mod.RunConfig, SuiteContext], RunOutcome]):
-        SUITES.register(name)(Suite(name, title, metrics, primary, overrides, run, ("max_test", *options),
+        SUITES.register(name)(Suite(name, title, metrics, primary, overrides, run, (*COMMON_OPTIONS, *options),
                                     extra_rows, report))
         return run
 
@@ -165,18 +180,41 @@ def single_threaded_blas():
 def pretrain_backbone(cfg: config_mod.RunConfig, data: DataSplits, ctx: SuiteContext):
     """Pretrain ``cfg`` on ``data``; return the exported (frozen) backbone and the run folder. For the
     ``random_init`` row (``ctx.untrained``): the same backbone at the initialisation its pretraining starts from
-    (same seed), untrained; its folder holds only ``config.yaml``."""
-    from tc2ssl.train.loop import pretrain
+    (same seed), untrained; its folder holds only ``config.yaml``. A run folder holding a checkpoint of the same
+    config resumes from it (train.resume). With ``suite.curve_every`` > 0 the kNN time-to-accuracy curve is
+    recorded during pretraining (:mod:`tc2ssl.benchmarks.curves`)."""
+    from tc2ssl.train.checkpoint import CHECKPOINT_NAME
+    from tc2ssl.train.loop import epoch_end_hook, pretrain
     from tc2ssl.workflows import load_backbone, random_init_backbone
 
+    run_dir = Path(cfg.out)
+    if str(run_dir) in ctx.backbones:
+        return ctx.backbones[str(run_dir)].eval(), run_dir
     if ctx.untrained:
-        run_dir = Path(cfg.out)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", config_mod.to_yaml(cfg))
         return random_init_backbone(cfg, int(data.train.images.shape[1])).eval(), run_dir
-    run_dir = pretrain(cfg, data)
+    curve = knn_curve(cfg, data, ctx)
+    if curve is None:
+        run_dir = pretrain(cfg, data)
+    else:
+        if not (run_dir / CHECKPOINT_NAME).exists():   # a fresh run: its curve starts at the initialisation
+            reset_curve(run_dir)
+            curve.record(INIT_EPOCH, random_init_backbone(cfg, int(data.train.images.shape[1])), defer=True)
+        with epoch_end_hook(curve):
+            run_dir = pretrain(cfg, data)
     backbone, _ = load_backbone(run_dir)
     return backbone, run_dir
+
+
+def knn_curve(cfg: config_mod.RunConfig, data: DataSplits, ctx: SuiteContext) -> KnnCurve | None:
+    """The run's time-to-accuracy hook, or None (suite.curve_every=0, or no labelled train/test split)."""
+    every, n_images = int(ctx.options.get("curve_every", 0)), int(ctx.options.get("curve_images", 0))
+    if every <= 0 or data.test is None or data.train.labels is None or data.test.labels is None:
+        return None
+    return KnnCurve(Path(cfg.out), random_subset(data.train, n_images, TEST_SUBSET_SEED),
+                    capped(data.test, n_images), every, cfg.train.epochs - 1, cfg.eval.knn_k,
+                    cfg.eval.knn_temperature, cfg.eval.batch_size, ctx.device)
 
 
 # ---------------------------------------------------------------------------------------------------- D1 PACS
@@ -314,7 +352,7 @@ def k_ablation_rows(base: config_mod.RunConfig, plugins: list[str], options: dic
     """TC² at every K of suite.k_values other than the base plugin.n_tasks (that one is the ``tc2`` row)."""
     if "tc2" not in plugins:
         return []
-    return [Row(f"tc2 K={k}", "tc2", (f"plugin.n_tasks={k}",)) for k in options["k_values"]
+    return [Row(f"tc2 K={k}", "tc2", (f"plugin.n_tasks={k}",), equal_compute=False) for k in options["k_values"]
             if k != base.plugin.n_tasks]
 
 
@@ -415,6 +453,50 @@ def suite_options(suite: Suite, preset: BenchmarkPreset, overrides: list[str]) -
     return options, rest
 
 
+def run_config(base_overrides: list[str], row: Row, seed: int, out: Path) -> config_mod.RunConfig:
+    """The validated config of ``row`` at ``seed``; train.resume=true: a checkpoint of the same config in its
+    folder is continued (a different one is refused by the training loop)."""
+    return config_mod.load_config((), [*base_overrides, "train.resume=true", f"plugin.name={row.plugin}",
+                                       *row.overrides, f"seed={seed}", f"out={out / f'{row.folder}_seed{seed}'}"])
+
+
+def run_row(suite: Suite, row: Row, run_cfg: config_mod.RunConfig, ctx: SuiteContext) -> dict:
+    """Run (or reuse) one (row, seed): a folder whose benchmark.json holds a finished run of the same config is
+    reused; one of another config is refused (ConfigError naming the differences); otherwise the pretraining runs,
+    resuming from a checkpoint of the same config. Writes benchmark.json; returns the run's record."""
+    from tc2ssl.train.loop import _config_diff, _resolved
+
+    finished, wanted = Path(run_cfg.out) / "benchmark.json", config_mod.to_dict(run_cfg)
+    if finished.is_file():
+        stored = json.loads(finished.read_text(encoding="utf-8"))
+        diffs = (_config_diff(_resolved(stored["config"]), wanted) if isinstance(stored.get("config"), dict)
+                 else ["no config recorded"])
+        if diffs:
+            raise ConfigError(f"{finished} holds a finished run of another config ({'; '.join(diffs)}): give "
+                              f"another out=DIR or delete {run_cfg.out} to re-run it")
+        print(f"benchmark {suite.name}: {row.label}, seed {run_cfg.seed}: reusing the finished run in {run_cfg.out}",
+              file=sys.stderr)
+        return {key: stored[key] for key in RECORD_KEYS}
+    print(f"benchmark {suite.name}: {row.label}, seed {run_cfg.seed} -> {run_cfg.out}", file=sys.stderr)
+    start = time.perf_counter()
+    ctx.untrained = row.untrained
+    with single_threaded_blas():  # numpy / scipy / scikit-learn only: torch does not use this OpenBLAS
+        outcome = suite.run(run_cfg, ctx)
+    record = {"metrics": outcome.metrics, "seconds": time.perf_counter() - start,
+              "run_dirs": [str(p) for p in outcome.run_dirs],
+              "diagnostics": {p.name: read_run_diagnostics(p) for p in outcome.run_dirs},
+              "curve": {p.name: read_curve(p, run_cfg.train.batch_size) for p in outcome.run_dirs}}
+    record["conflict"] = {name: [] if d is None else [c for c in d["cos_mean"] if c is not None]
+                          for name, d in record["diagnostics"].items()}   # per-epoch mean cosines
+    atomic_write_text(Path(run_cfg.out) / "benchmark.json", json.dumps(_json_safe(
+        {**record, "config": wanted, "details": outcome.details}), indent=2) + "\n")
+    return record
+
+
+#: what results.json keeps of each run (benchmark.json adds the config and the full evaluation)
+RECORD_KEYS = ("metrics", "seconds", "run_dirs", "diagnostics", "curve", "conflict")
+
+
 def run_benchmark(suite_name: str, preset_name: str = "cpu",
                   plugins: list[str] | tuple[str, ...] = DEFAULT_PLUGINS, seeds: list[int] | None = None,
                   overrides: list[str] | tuple[str, ...] = (), methods: list[str] | tuple[str, ...] = ()) -> dict:
@@ -441,33 +523,28 @@ def run_benchmark(suite_name: str, preset_name: str = "cpu",
     rows += suite.extra_rows(base, plugins, options) if suite.extra_rows else []
     rows += gessl_fairness_rows(base, plugins)
     rows += method_rows(base, plugins, methods)
-    run_cfgs = {(row.label, seed): config_mod.load_config((), [
-        *base_overrides, f"plugin.name={row.plugin}", *row.overrides, f"seed={seed}",
-        f"out={out / f'{row.folder}_seed{seed}'}"]) for row in rows for seed in seeds}
+    run_cfgs = {(row.label, seed): run_config(base_overrides, row, seed, out) for row in rows for seed in seeds}
 
     out.mkdir(parents=True, exist_ok=True)
     ctx = SuiteContext(options, eval_device(base))
     runs: dict[str, dict[str, dict]] = {row.label: {} for row in rows}
+    matches = []
     for seed in seeds:  # seed-major: an interrupted benchmark leaves complete pairs behind
         for row in rows:
-            run_cfg = run_cfgs[(row.label, seed)]
-            print(f"benchmark {suite.name}: {row.label}, seed {seed} -> {run_cfg.out}", file=sys.stderr)
-            start = time.perf_counter()
-            ctx.untrained = row.untrained
-            with single_threaded_blas():  # numpy / scipy / scikit-learn only: torch does not use this OpenBLAS
-                outcome = suite.run(run_cfg, ctx)
-            record = {"metrics": outcome.metrics, "seconds": time.perf_counter() - start,
-                      "run_dirs": [str(p) for p in outcome.run_dirs],
-                      "diagnostics": {p.name: read_run_diagnostics(p) for p in outcome.run_dirs}}
-            record["conflict"] = {name: [] if d is None else [c for c in d["cos_mean"] if c is not None]
-                                  for name, d in record["diagnostics"].items()}   # per-epoch mean cosines
-            atomic_write_text(Path(run_cfg.out) / "benchmark.json",
-                              json.dumps(_json_safe({**record, "details": outcome.details}), indent=2) + "\n")
-            runs[row.label][str(seed)] = record
+            runs[row.label][str(seed)] = run_row(suite, row, run_cfgs[(row.label, seed)], ctx)
+        if seed == seeds[0] and options.get("equal_compute"):
+            matches, compute_rows = match_compute(rows, runs, str(seed))
+            for row in compute_rows:   # the baseline at each plug-in's wall-clock, from this seed on
+                run_cfgs.update({(row.label, other): run_config(base_overrides, row, other, out) for other in seeds})
+                runs[row.label] = {str(seed): run_row(suite, row, run_cfgs[(row.label, seed)], ctx)}
+            rows += compute_rows
 
-    result = summarize_runs(suite, preset, base, rows, seeds, options, runs)
+    result = summarize_runs(suite, preset, base, rows, seeds, options, runs, matches)
     plots = [plot_metric_bars(result["summary"], list(suite.metrics), out / "metrics.png",
                               f"{suite.title} ({base.method.name}, preset {preset.name})")]
+    time_plot = plot_time_to_accuracy(result["curves"], out / "time_to_accuracy.png",
+                                      f"{suite.name}: frozen-backbone kNN during pretraining (mean over seeds)")
+    plots += [time_plot] if time_plot is not None else []
     series = {f"{label} seed {seed}" + (f" ({name})" if len(rec["conflict"]) > 1 else ""): values
               for label, by_seed in runs.items() for seed, rec in by_seed.items()
               for name, values in rec["conflict"].items() if values}
@@ -509,10 +586,11 @@ def recheck(out_dir: str | Path) -> dict:
 
 
 def summarize_runs(suite: Suite, preset: BenchmarkPreset, base: config_mod.RunConfig, rows: list[Row],
-                   seeds: list[int], options: dict, runs: dict) -> dict:
-    """results.json without the plots: mean ± std per row and metric, paired differences against ``none``, and the
-    Spearman correlation between each run's early conflict (mean cosine over the first half of its epochs, of its
-    first pretraining) and its primary metric."""
+                   seeds: list[int], options: dict, runs: dict, matches: list | None = None) -> dict:
+    """results.json without the plots: mean ± std per row and metric, paired differences against ``none`` (equal
+    epochs) and against each row's equal-compute comparator (``matches``, :mod:`tc2ssl.benchmarks.compute`), the
+    per-row time-to-accuracy curves, and the Spearman correlation between each run's early conflict (mean cosine
+    over the first half of its epochs, of its first pretraining) and its primary metric."""
     keys = [str(s) for s in seeds]
     summary = {row.label: {m: summarize([runs[row.label][k]["metrics"][m] for k in keys]).as_dict()
                            for m in suite.metrics} for row in rows}
@@ -522,6 +600,10 @@ def summarize_runs(suite: Suite, preset: BenchmarkPreset, base: config_mod.RunCo
             paired[row.label] = {m: paired_difference([runs[row.label][k]["metrics"][m] for k in keys],
                                                       [runs[row.baseline][k]["metrics"][m] for k in keys],
                                                       CONFIDENCE).as_dict() for m in suite.metrics}
+    paired_compute = {match.row: {m: paired_difference([runs[match.row][k]["metrics"][m] for k in keys],
+                                                       [runs[match.comparator][k]["metrics"][m] for k in keys],
+                                                       CONFIDENCE).as_dict() for m in suite.metrics}
+                      for match in matches or ()}
     early, primary = [], []
     for by_seed in runs.values():
         for record in by_seed.values():
@@ -534,8 +616,30 @@ def summarize_runs(suite: Suite, preset: BenchmarkPreset, base: config_mod.RunCo
         "metrics": list(suite.metrics), "primary": suite.primary, "baseline": BASELINE,
         "rows": [dataclasses.asdict(row) for row in rows], "seeds": seeds, "options": options,
         "config": config_mod.to_dict(base), "runs": runs, "summary": summary, "paired": paired,
+        "equal_compute": {match.row: match.as_dict() for match in matches or ()}, "paired_compute": paired_compute,
+        "curves": {row.label: mean_curve([runs[row.label][k].get("curve", {}) for k in keys]) for row in rows},
         "conflict_vs_primary": {"spearman": spearman(early, primary) if early else math.nan, "n": len(early)},
     }
+
+
+def mean_curve(curves: list[dict[str, list[dict]]]) -> list[dict]:
+    """One row's time-to-accuracy curve: at each epoch present in every run, the kNN accuracy averaged over the
+    seeds and the run's pretraining folders, the training seconds and images summed over the folders and
+    averaged over the seeds. ``curves``: per seed, ``{folder: points}`` (:func:`read_curve`)."""
+    per_seed = []
+    for by_folder in curves:
+        folders = [{p["epoch"]: p for p in points} for points in by_folder.values() if points]
+        if not folders:
+            return []
+        epochs = set.intersection(*(set(f) for f in folders))
+        per_seed.append({e: {"knn": statistics.fmean(f[e]["knn"] for f in folders),
+                             "seconds": sum(f[e]["seconds"] for f in folders),
+                             "images": sum(f[e]["images"] for f in folders)} for e in epochs})
+    if not per_seed:
+        return []
+    shared = sorted(set.intersection(*(set(s) for s in per_seed)))
+    return [{"epoch": e, **{key: statistics.fmean(s[e][key] for s in per_seed) for key in ("knn", "seconds", "images")}}
+            for e in shared]
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
@@ -552,6 +656,27 @@ def _json_safe(value):
 
 def _points(value: float) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{100.0 * value:+.2f}"
+
+
+def _interval(difference: dict) -> str:
+    return (f"{_points(difference['mean'])} [{_points(difference['ci_low'])}, "
+            f"{_points(difference['ci_high'])}]")
+
+
+def compute_markdown(result: dict) -> list[str]:
+    """The equal-compute table: each row's comparator, its epochs, and the paired difference (points, CI)."""
+    matches, metrics = result.get("equal_compute") or {}, result["metrics"]
+    if not matches:
+        return []
+    lines = ["", "## Paired difference at equal compute (training wall-clock of the first seed), points, mean "
+             f"[{CONFIDENCE:.0%} t-interval]", "",
+             "| row | comparator (epochs) | row's seconds | " + " | ".join(metrics) + " |",
+             "|---|---|---|" + "---|" * len(metrics)]
+    for label, match in matches.items():
+        cells = [_interval(result["paired_compute"][label][m]) for m in metrics]
+        lines.append(f"| {label} | {match['comparator']} ({match['epochs']}) | {match['row_seconds']:.0f} | "
+                     + " | ".join(cells) + " |")
+    return lines
 
 
 def results_markdown(suite: Suite, result: dict) -> str:
@@ -572,13 +697,13 @@ def results_markdown(suite: Suite, result: dict) -> str:
                   f"mean [{CONFIDENCE:.0%} t-interval]", "",
                   "| row | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
         for label, by_metric in result["paired"].items():
-            cells = [f"{_points(d['mean'])} [{_points(d['ci_low'])}, {_points(d['ci_high'])}]"
-                     for d in (by_metric[m] for m in metrics)]
+            cells = [_interval(by_metric[m]) for m in metrics]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         if n_seeds < 2:
             lines += ["", "(one seed: no interval; pass --seeds 0,1,2)"]
     else:
         lines += ["", f"(no `{BASELINE}` row: no paired differences)"]
+    lines += compute_markdown(result)
     conflict = result["conflict_vs_primary"]
     rho = conflict["spearman"]
     lines += ["", "## Conflict", "",

@@ -29,6 +29,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -267,6 +268,22 @@ def _resolved(config: dict) -> dict:
         return config_mod.to_dict(config_mod.from_dict(config))
     except ConfigError:
         return config
+
+
+#: callables ``hook(epoch, backbone, epoch_record, run_dir)`` run at the end of each epoch in rank 0, just before
+#: its checkpoint (the benchmark's time-to-accuracy kNN: tc2ssl.benchmarks.curves); a hook must leave the
+#: backbone's mode and the RNGs as it found them. Register through :func:`epoch_end_hook`.
+EPOCH_END_HOOKS: list[Callable] = []
+
+
+@contextlib.contextmanager
+def epoch_end_hook(hook: Callable):
+    """Run ``hook(epoch, backbone, epoch_record, run_dir)`` after every epoch of the pretrainings inside the block."""
+    EPOCH_END_HOOKS.append(hook)
+    try:
+        yield hook
+    finally:
+        EPOCH_END_HOOKS.remove(hook)
 
 
 #: train.strategy=ddp re-runs the command line in every process, which fits one training run per command
@@ -519,6 +536,8 @@ def _train_process(fabric, cfg: config_mod.RunConfig, data: DataSplits | None = 
         if rank_zero:
             if layer_diag is not None and layer_diag.due(epoch + 1):
                 layer_diag.measure(method.backbone, epoch + 1)
+            for hook in EPOCH_END_HOOKS:   # before the checkpoint: a run killed in between replays the epoch
+                hook(epoch, method.backbone, epoch_record, out)
             save_checkpoint(ckpt_path, {
                 "config": config_mod.to_dict(cfg), "epoch": epoch, "global_step": global_step,
                 "best_epoch_loss": best_loss,

@@ -1,0 +1,119 @@
+"""SimCLR's accuracy against epochs on a suite: the measurement that sizes the ``standard`` preset.
+
+``python -m tc2ssl.benchmarks.simclr_curve SUITE [--epochs 24] [--every 2] [--headline-every 4] [--seed 0]
+[--out DIR] [key=value ...]`` pretrains SimCLR (plug-in ``none``) once at the ``cpu`` preset's data, backbone and
+batch with ``--epochs`` epochs, and records
+
+* the frozen-backbone kNN accuracy every ``--every`` epochs (the benchmark's time-to-accuracy curve), and
+* the suite's headline metric (its own linear-probe protocol) on backbone snapshots every ``--headline-every``
+  epochs, and on the seeded random-init backbone (epoch 0).
+
+A snapshot at epoch e of a run scheduled for E > e epochs has not finished its cosine learning-rate decay, so the
+curve is a lower bound of what a run of e epochs reaches; where it flattens is the plateau. Writes
+``DIR/SUITE_simclr_curve.json`` and ``.png`` (default DIR: docs/figures/benchmarks/curves).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tc2ssl import config as config_mod
+from tc2ssl.benchmarks.plots import _figure, _save
+from tc2ssl.benchmarks.presets import get_preset
+from tc2ssl.benchmarks.suites import (RANDOM_INIT, SUITES, Row, SuiteContext, eval_device, run_benchmark,
+                                      run_config, single_threaded_blas, suite_options)
+from tc2ssl.train.loop import epoch_end_hook
+
+
+class Snapshots:
+    """Per-epoch hook: a copy of the backbone's weights at every ``every``-th epoch (and the last), per run folder."""
+
+    def __init__(self, every: int, last_epoch: int):
+        self.every, self.last_epoch = every, last_epoch
+        self.states: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
+
+    def __call__(self, epoch: int, backbone: torch.nn.Module, epoch_record: dict, run_dir: Path) -> None:
+        if (epoch + 1) % self.every == 0 or epoch == self.last_epoch:
+            state = {key: value.detach().clone() for key, value in backbone.state_dict().items()}
+            self.states.setdefault(epoch + 1, {})[str(run_dir)] = state
+
+
+def headline_curve(suite_name: str, overrides: list[str], seed: int, snapshots: Snapshots, out: Path) -> dict:
+    """The suite's metrics on every snapshot: {epochs: metrics}."""
+    from tc2ssl.workflows import load_backbone
+
+    suite = SUITES.get(suite_name)
+    preset = get_preset("cpu")
+    options, cfg_overrides = suite_options(suite, preset, overrides)
+    base_overrides = [*preset.overrides_for(suite.name), *suite.overrides, *cfg_overrides, f"out={out}"]
+    run_cfg = run_config(base_overrides, Row("none", "none"), seed, out)
+    results = {}
+    for epochs, by_dir in sorted(snapshots.states.items()):
+        backbones = {}
+        for run_dir, state in by_dir.items():
+            backbone, _ = load_backbone(Path(run_dir))
+            backbone.load_state_dict(state)
+            backbones[run_dir] = backbone
+        ctx = SuiteContext(options, eval_device(run_cfg), backbones=backbones)
+        with single_threaded_blas():
+            results[epochs] = suite.run(run_cfg, ctx).metrics
+        print(f"simclr_curve {suite_name}: epoch {epochs}: {results[epochs]}", file=sys.stderr)
+    return results
+
+
+def plot_curve(measured: dict, png_path: Path) -> Path:
+    fig = _figure(7, 4)
+    ax = fig.add_subplot(1, 1, 1)
+    knn = measured["knn_curve"]
+    ax.plot([p["epoch"] for p in knn], [100 * p["knn"] for p in knn], marker=".", label="kNN (pretraining data)")
+    primary = measured["primary"]
+    heads = sorted((int(e), m[primary]) for e, m in measured["headline"].items())
+    ax.plot([e for e, _ in heads], [100 * v for _, v in heads], marker="o", label=f"headline: {primary}")
+    ax.axhline(100 * measured["random_init"][primary], linestyle=":", color="grey", label="random init (headline)")
+    ax.set_xlabel("epochs")
+    ax.set_ylabel("accuracy (%)")
+    return _save(fig, ax, f"SimCLR on {measured['suite']} (cpu preset data, seed {measured['seed']}): "
+                          f"accuracy against epochs", png_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("suite")
+    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--every", type=int, default=2)
+    parser.add_argument("--headline-every", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="docs/figures/benchmarks/curves")
+    parser.add_argument("--runs", default="runs/simclr_curve", help="where the run folders go")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_intermixed_args(argv)
+    out, runs = Path(args.out), Path(args.runs) / args.suite
+    overrides = [f"train.epochs={args.epochs}", f"suite.curve_every={args.every}", "suite.equal_compute=0",
+                 "method.name=simclr", *args.overrides]
+    snapshots = Snapshots(args.headline_every, args.epochs - 1)
+    start = time.perf_counter()
+    with epoch_end_hook(snapshots):
+        result = run_benchmark(args.suite, "cpu", [RANDOM_INIT, "none"], [args.seed], [*overrides, f"out={runs}"])
+    wall = time.perf_counter() - start
+    headline = headline_curve(args.suite, [*overrides], args.seed, snapshots, runs)
+    measured = {
+        "suite": args.suite, "seed": args.seed, "epochs": args.epochs, "primary": result["primary"],
+        "config": result["config"], "wall_seconds": wall,
+        "random_init": result["runs"][RANDOM_INIT][str(args.seed)]["metrics"],
+        "final": result["runs"]["none"][str(args.seed)]["metrics"],
+        "knn_curve": result["curves"]["none"], "headline": {str(e): m for e, m in headline.items()},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.suite}_simclr_curve.json").write_text(json.dumps(measured, indent=2) + "\n", encoding="utf-8")
+    plot_curve(measured, out / f"{args.suite}_simclr_curve.png")
+    print(json.dumps({k: measured[k] for k in ("random_init", "final", "headline")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

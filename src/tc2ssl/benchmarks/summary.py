@@ -1,0 +1,110 @@
+"""The cross-suite summary of docs/results.md: every suite × every row, the paired difference to the base method
+on the suite's headline metric with its 95% interval, at equal epochs and at equal compute, and one overview plot.
+
+``python -m tc2ssl.benchmarks.summary BENCHMARK_DIR... [--png PATH]`` reads each folder's results.json (written
+by ``tc2ssl benchmark``) and prints the markdown table; ``--png`` also draws the overview (one panel per suite,
+one line per row: the equal-epoch interval and, below it, the equal-compute one).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from tc2ssl.benchmarks.plots import _figure
+from tc2ssl.errors import DataError
+
+
+def load_results(folders: list[str | Path]) -> list[dict]:
+    results = []
+    for folder in folders:
+        path = Path(folder) / "results.json"
+        if not path.is_file():
+            raise DataError(f"no benchmark results at {path} (run `tc2ssl benchmark SUITE` first)")
+        results.append(json.loads(path.read_text(encoding="utf-8")))
+    return results
+
+
+def _cell(difference: dict | None) -> str:
+    if not difference:
+        return "—"
+    values = [difference.get(k) for k in ("mean", "ci_low", "ci_high")]
+    text = ["n/a" if v is None or not math.isfinite(v) else f"{100 * v:+.2f}" for v in values]
+    return f"{text[0]} [{text[1]}, {text[2]}]"
+
+
+def summary_rows(result: dict) -> list[dict]:
+    """One entry per compared row of one suite: its headline mean, the equal-epoch and equal-compute differences."""
+    primary, rows = result["primary"], []
+    compute = result.get("equal_compute") or {}
+    for row in result["rows"]:
+        label = row["label"]
+        if label not in result.get("paired", {}) or "@" in label:
+            continue
+        rows.append({"suite": result["suite"], "row": label, "baseline": row["baseline"],
+                     "mean": result["summary"][label][primary]["mean"],
+                     "equal_epochs": result["paired"][label][primary],
+                     "compute_comparator": compute.get(label, {}).get("comparator"),
+                     "equal_compute": (result.get("paired_compute") or {}).get(label, {}).get(primary)})
+    return rows
+
+
+def summary_markdown(results: list[dict]) -> str:
+    lines = ["| suite (headline) | preset, seeds | row | mean (%) | vs base, equal epochs | equal-compute comparator "
+             "| vs comparator, equal compute |", "|---|---|---|---|---|---|---|"]
+    for result in results:
+        for entry in summary_rows(result):
+            lines.append(f"| {result['suite']} ({result['primary']}) | {result['preset']}, "
+                         f"{len(result['seeds'])} | {entry['row']} | {100 * entry['mean']:.2f} | "
+                         f"{_cell(entry['equal_epochs'])} vs {entry['baseline']} | "
+                         f"{entry['compute_comparator'] or '—'} | {_cell(entry['equal_compute'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_overview(results: list[dict], png_path: Path) -> Path:
+    """Paired differences (points) with their 95% intervals: one panel per suite, equal epochs (circles) and
+    equal compute (squares) per row; the zero line is the base method."""
+    fig = _figure(5 * max(1, len(results)), 4)
+    for index, result in enumerate(results, start=1):
+        ax = fig.add_subplot(1, len(results), index)
+        entries = summary_rows(result)
+        for position, entry in enumerate(entries):
+            for offset, key, marker in ((0.15, "equal_epochs", "o"), (-0.15, "equal_compute", "s")):
+                difference = entry[key]
+                if not difference or difference.get("mean") is None:
+                    continue
+                low, high = difference.get("ci_low"), difference.get("ci_high")
+                mean = 100 * difference["mean"]
+                if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+                    ax.plot([100 * low, 100 * high], [position + offset] * 2, color="C0" if marker == "o" else "C1")
+                ax.plot([mean], [position + offset], marker=marker, color="C0" if marker == "o" else "C1",
+                        label=key.replace("_", " ") if position == 0 else None)
+        ax.axvline(0.0, color="grey", linestyle=":")
+        ax.set_yticks(range(len(entries)))
+        ax.set_yticklabels([e["row"] for e in entries], fontsize=8)
+        ax.set_xlabel(f"Δ {result['primary']} (points, 95% CI)")
+        ax.set_title(f"{result['suite']} ({result['preset']}, {len(result['seeds'])} seeds)", fontsize=9)
+        if entries:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    return png_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="+")
+    parser.add_argument("--png", default=None)
+    args = parser.parse_args(argv)
+    results = load_results(args.folders)
+    print(summary_markdown(results), end="")
+    if args.png:
+        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+        plot_overview(results, Path(args.png))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Equal-compute rows: the baseline's epochs are the plug-in's training seconds over the baseline's per epoch."""
+import json
+
+from tc2ssl.benchmarks.compute import match_compute
+from tc2ssl.benchmarks.suites import Row
+
+
+def run_folder(path, seconds_per_epoch: list[float]) -> str:
+    path.mkdir(parents=True)
+    lines = [{"kind": "step", "epoch": 0, "step": 0, "loss": 1.0}]
+    lines += [{"kind": "epoch", "epoch": e, "step": e + 1, "seconds": s} for e, s in enumerate(seconds_per_epoch)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return str(path)
+
+
+def test_equal_compute_epochs_follow_measured_seconds(tmp_path):
+    rows = [Row("random_init", "none", untrained=True), Row("none", "none"), Row("tasks", "tasks"),
+            Row("tc2", "tc2"), Row("tc2 K=8", "tc2", ("plugin.n_tasks=8",), equal_compute=False)]
+    seconds = {"random_init": [], "none": [10.0, 10.0, 10.0, 10.0], "tasks": [10.4] * 4, "tc2": [26.0] * 4,
+               "tc2 K=8": [40.0] * 4}
+    runs = {label: {"0": {"run_dirs": [run_folder(tmp_path / label, s)] if s else []}}
+            for label, s in seconds.items()}
+    matches, new_rows = match_compute(rows, runs, "0")
+    by_row = {m.row: m for m in matches}
+    assert set(by_row) == {"tasks", "tc2"}           # not random_init, not the baseline, not the K variant
+    assert by_row["tasks"].comparator == "none" and by_row["tasks"].epochs == 4   # 41.6 s / 10 s per epoch -> 4
+    assert by_row["tc2"].comparator == "none@tc2" and by_row["tc2"].epochs == 10  # 104 s / 10 s per epoch
+    assert new_rows == [Row("none@tc2", "none", ("train.epochs=10",), "none", equal_compute=False)]
+
+
+def test_two_pretrainings_per_run_are_summed(tmp_path):
+    rows = [Row("none", "none"), Row("tc2", "tc2")]
+    folders = {"none": [("n1", [5.0, 5.0]), ("n2", [7.0, 7.0])], "tc2": [("t1", [9.0, 9.0]), ("t2", [15.0, 15.0])]}
+    runs = {label: {"0": {"run_dirs": [run_folder(tmp_path / name, seconds) for name, seconds in pairs]}}
+            for label, pairs in folders.items()}
+    matches, new_rows = match_compute(rows, runs, "0")
+    assert matches[0].epochs == 4 and matches[0].baseline_seconds_per_epoch == 12.0   # 48 s / (24 s / 2 epochs)
+    assert new_rows[0].overrides == ("train.epochs=4",)
