@@ -119,14 +119,14 @@ class PluginConfig:
     fd_radius: float = bounded(1e-2, 0.0, low_open=True)
     task_reduction: str = choice("mean", ("mean", "sum"), help="Eq. 7: mean over tasks, or the literal sum")
     reduction: str = choice("mean", ("mean", "sum"), help="Eqs. 1-2: per-row mean, or the literal sum")
-    weight_mode: str = choice("shrink", ("shrink", "gated", "free"),
+    weight_mode: str = choice("gated", ("shrink", "gated", "free"),
                               help="f_w: shrink = a learned soft threshold of zV (gates can close), gated = "
                                    "σ(MLP)⊙zV (the spec's reading), free = MLP(z) (literal)")
-    l1_scale: str = choice("relative", ("relative", "absolute"),
+    l1_scale: str = choice("absolute", ("relative", "absolute"),
                            help="λ₁ of Eq. 2: relative = plugin.l1_relative_coef × the batch RMS of the coordinates "
                                 "zV; absolute = plugin.l1_coef")
     l1_relative_coef: float = bounded(2.0, 0.0, help="λ₁ / RMS(zV) under plugin.l1_scale=relative")
-    factor_mode: str = choice("subspace", ("subspace", "mlp"),
+    factor_mode: str = choice("mlp", ("subspace", "mlp"),
                               help="f_v: subspace = the learned base refined by subspace iteration on each batch's S; "
                                    "mlp = V0 + MLP(S) alone (the spec's reading)")
     factor_power_steps: int = bounded(4, 1, help="subspace iterations of factor_mode=subspace")
@@ -134,7 +134,7 @@ class PluginConfig:
                                                                  "task"})
     input_norm: str = choice("auto", ("auto", "l2", "rms", "none"),
                              help="auto: l2 for cosine methods, rms (scale-equivariant) otherwise")
-    detach_v_in_lw: bool = field(default=False, metadata={"help": "V detached inside L_w (true: V is 'pre-given', "
+    detach_v_in_lw: bool = field(default=True, metadata={"help": "V detached inside L_w (true: V is 'pre-given', "
                                                                    "only L_v trains f_v)"})
     lw_rows: str = choice("split", ("split", "all"), help="L_w on support/query rows, or all rows (D-TC-15)")
     query_loss: str = choice("default", ("default", "native", "proto_mse"))
@@ -145,7 +145,7 @@ class PluginConfig:
     plus_t_mode: str = choice("bilevel", ("bilevel", "joint"))
     remainder: str = choice("drop", ("drop", "error"), help="batch size not divisible by n_tasks")
     factor_hidden: int = bounded(64, 1)
-    factor_init: str = choice("pca", ("pca", "random"),
+    factor_init: str = choice("random", ("pca", "random"),
                               help="f_v's base V0: random orthonormal, or pca = the top-n_f eigenvectors of the first "
                                    "batch's Z_fᵀZ_f (the Eq. 1 optimum at step 0; docs/tc2.md)")
     weight_hidden: int = bounded(64, 1)

@@ -1,4 +1,5 @@
-"""Acceptance of TC²'s calibrator on synthetic representations with known factors, at the production defaults.
+"""Acceptance of TC²'s calibrator on synthetic representations with known factors, at the production settings of the
+``calibrated`` preset (the recalibrated calibrator; not the default, see docs/tc2.md).
 
 Data: d = 32, K = 4 tasks of 32 images, m = 4 views. 14 orthonormal factor directions: 2 shared by every task and 3
 of each task's own, with distinct standard deviations (2·0.85^f). An image of task k has view-consistent
@@ -75,7 +76,7 @@ def lasso_coordinate_descent(z: torch.Tensor, basis: torch.Tensor, l1: float, sw
 def trained():
     torch.manual_seed(0)
     factors = torch.linalg.qr(torch.randn(DIM, DIM)).Q[:, :N_TRUE]
-    cfg = load_config((), ["plugin.name=tc2", "method.name=simclr", f"method.proj_output_dim={DIM}",
+    cfg = load_config(("calibrated",), ["plugin.name=tc2", "method.name=simclr", f"method.proj_output_dim={DIM}",
                            f"plugin.n_tasks={N_TASKS}", "model.backbone=small_cnn_tiny"])
     plugin = build_plugin(cfg, build_method(cfg.method, build_backbone(cfg.model, 1)), None)
     generator = torch.Generator().manual_seed(1)

@@ -37,7 +37,8 @@ def test_healthy_calibration_gives_no_warning():
     with torch.no_grad():
         net.mlp[-1].bias[0] = -5.0                                  # one of four factors switched off
     metrics = health_metrics(basis, zf, net, zf, loss_v(basis, zf), 4, "mean")
-    assert set(metrics) == KEYS | {"gate_std"} and all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in metrics.values())
+    assert set(metrics) == KEYS | {"gate_std"}
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in metrics.values())
     assert metrics["lv_ratio"].item() == pytest.approx(1.0, abs=1e-4)    # V is the L_v optimum
     assert metrics["orth_error"].item() < 1e-5 and metrics["v_sigma_min"].item() == pytest.approx(1.0, abs=1e-5)
     assert metrics["gate_sparsity"].item() == pytest.approx(0.25)

@@ -40,7 +40,8 @@ rows plus the equal-compute rows cost, for colored_mnist at 12 epochs (336 steps
 TC² 770 s, none@tasks (17 epochs) 520 s, none@tc2 (25 epochs) 770 s, evaluations about 50 s: ≈ 3,000 s per seed,
 ≈ 2.5 h for 3 seeds at a load average of 6 and roughly 50-75 minutes on an idle machine. Only colored_mnist's
 epochs rest on a measurement (docs/results.md §9: SimCLR 79.2 average at 6 epochs, 87.8 at 12); the other suites'
-epochs are 3x the cpu preset's and provisional until ``python -m tc2ssl.benchmarks.simclr_curve SUITE`` has measured them.
+epochs are 3x the cpu preset's and provisional until ``python -m tc2ssl.benchmarks.simclr_curve SUITE`` has
+measured them.
 """
 from __future__ import annotations
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from tc2ssl import config as config_mod
 from tc2ssl.benchmarks.plots import _figure, _save
 from tc2ssl.benchmarks.presets import get_preset
 from tc2ssl.benchmarks.suites import (RANDOM_INIT, SUITES, Row, SuiteContext, eval_device, run_benchmark,

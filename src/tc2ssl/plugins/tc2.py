@@ -66,7 +66,8 @@ class TC2(BilevelTaskPlugin):
             metrics.update(self.last_health)
         return StepPreparation(transform=Calibration(self.calibrator, basis), shared=shared, metrics=metrics)
 
-    def batch_representations(self, views, split: TaskSplit, shard: TaskShard) -> tuple[torch.Tensor, SharedSupport | None]:
+    def batch_representations(self, views, split: TaskSplit,
+                              shard: TaskShard) -> tuple[torch.Tensor, SharedSupport | None]:
         """Z at θ of all N images in batch order, at least float32 and prepped (``Calibrator.prep``, its scale s
         set from this batch), and the shared support forward (None when not shared)."""
         with section(self.timer, "statistics_forward"), self.distributed.global_batch_norm(self.method):

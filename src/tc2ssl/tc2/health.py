@@ -112,7 +112,8 @@ def subspace_metrics(basis: torch.Tensor, zf: torch.Tensor, pooled: torch.Tensor
 def gate_selectivity(gates: torch.Tensor, row_tasks: torch.Tensor, n_tasks: int,
                      generator: torch.Generator) -> torch.Tensor:
     """Var over tasks of the per-task mean gates, divided by the same for random groups of the same sizes (mean
-    over factors; the random groups: the mean of 16 shuffles of the task labels): about 1 when the gates do not depend on the task, > 1 when tasks keep different factors.
+    over factors; the random groups: the mean of 16 shuffles of the task labels): about 1 when the gates do not
+    depend on the task, > 1 when tasks keep different factors.
 
     Args:
         gates: [R, n_f]; row_tasks: the task of each row [R] (0..K-1 with K = ``n_tasks``, every task non-empty).
