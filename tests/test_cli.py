@@ -72,7 +72,7 @@ BAD_INPUTS = {
     "widths with small_cnn_tiny": (["pretrain", "model.backbone=small_cnn_tiny", "model.widths=[8,8,8,8]"],
                                    "model.widths=[8, 8, 8, 8] is not used by model.backbone=small_cnn_tiny, whose "
                                    "widths are fixed at [16, 32, 64, 64]"),
-    "unknown preset": (["config", "-p", "no_such_preset"], "valid presets: default"),
+    "unknown preset": (["config", "-p", "no_such_preset"], "valid presets: calibrated, default"),
     "evaluate a folder that is not a run": (["evaluate", "{tmp}/empty"], "{tmp}/empty is not a tc2ssl run folder"),
 }
 

@@ -169,7 +169,7 @@ def reference_l1(plugin, zf: torch.Tensor) -> float:
 def reference_objective(plugin, z_all, split, phi, which: str, l1) -> torch.Tensor:
     """L̄^s (Eq. 4) or L̄^q (Eq. 5) at calibrator parameters ``phi``, written from the equations: f_v and f_w are
     the calibrator's two networks (called with ``phi``), S, ẑ = W Vᵀ, L_v (Eq. 1, per-row mean), L_w (Eq. 2 on the
-    support / query rows, V trained through it) and L_tc² (Eq. 3) are computed here.
+    support / query rows, V given or trained through it per ``detach_v_in_lw``) and L_tc² (Eq. 3) are computed here.
     """
     method, calibrator, p = plugin.method, plugin.calibrator, plugin.cfg
     n_img, m, d = z_all.shape
@@ -195,8 +195,9 @@ def reference_objective(plugin, z_all, split, phi, which: str, l1) -> torch.Tens
             ssl.append(method.query_loss(query, method.anchors(support, LossContext()), LossContext()))
     eye = torch.eye(basis.shape[1], dtype=basis.dtype)
     loss_v = ((basis.T @ basis - eye) ** 2).sum() + ((zf - zf @ basis @ basis.T) ** 2).sum(-1).mean()   # Eq. (1)
-    w_rows = weights(zf[rows])
-    loss_w = (((zf[rows] - w_rows @ basis.T) ** 2).sum(-1) + l1 * w_rows.abs().sum(-1)).mean()        # Eq. (2)
+    given = basis.detach() if p.detach_v_in_lw else basis          # Eq. (2) treats V as given (detach_v_in_lw)
+    w_rows = torch.func.functional_call(calibrator.weight_net, f_w, (zf[rows], given))
+    loss_w = (((zf[rows] - w_rows @ given.T) ** 2).sum(-1) + l1 * w_rows.abs().sum(-1)).mean()        # Eq. (2)
     return torch.stack(ssl).mean() + loss_v + p.lam_s * loss_w                                          # Eq. (3)
 
 
@@ -218,9 +219,9 @@ def reference_stage1(plugin, z_all, split, mode: str, alphas: dict) -> dict[str,
     return {k: (start[k] - lr_q[k] * g_q[k]).detach() for k in phi}
 
 
-def run_stage1_float64(make_run, mode: str, alphas: dict):
+def run_stage1_float64(make_run, mode: str, alphas: dict, *overrides: str):
     run = make_run(f"plugin.stage1_mode={mode}", "plugin.stage1_grad_clip=0", "plugin.factor_init=random",
-                   *(f"plugin.{k}={v}" for k, v in alphas.items()))
+                   *(f"plugin.{k}={v}" for k, v in alphas.items()), *overrides)
     run.plugin.double()
     views, split, z = stage_inputs(run, images_of(run))
     expected = reference_stage1(run.plugin, z, split, mode, alphas)
@@ -234,6 +235,17 @@ def test_stage1_matches_manual_two_step_update(make_run, mode):
     actual, expected = run_stage1_float64(make_run, mode, ALPHAS)
     for name, value in expected.items():
         torch.testing.assert_close(actual[name], value, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("detach", ["true", "false"])
+def test_stage1_matches_manual_update_with_v_given_or_trained_in_lw(make_run, detach):
+    """T9: the reference also holds when Eq. 2 trains V (detach_v_in_lw=false), and the two settings differ."""
+    actual, expected = run_stage1_float64(make_run, "sequential", ALPHAS, f"plugin.detach_v_in_lw={detach}")
+    for name, value in expected.items():
+        torch.testing.assert_close(actual[name], value, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+    other, _ = run_stage1_float64(make_run, "sequential", ALPHAS,
+                                  f"plugin.detach_v_in_lw={'false' if detach == 'true' else 'true'}")
+    assert (flat(actual) - flat(other)).abs().max() > 1e-8          # the knob reaches f_v's update
 
 
 def test_stage1_maml_differs_from_sequential_unless_support_step_is_zero(make_run):
