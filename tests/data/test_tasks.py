@@ -5,7 +5,7 @@ from tc2ssl.data.tasks import build_tasks, make_masks
 from tc2ssl.errors import ConfigError
 
 
-def test_groups_partition_and_view_split():  # SPEC T1
+def test_groups_partition_and_view_split():  # T1
     split = build_tasks(32, 4, 4, 2, torch.Generator().manual_seed(0))
     assert split.groups.shape == (4, 8)
     assert torch.equal(split.groups.flatten().sort().values, torch.arange(32))
@@ -39,7 +39,7 @@ def test_support_and_query_views_select_the_right_views():
         assert torch.equal((q % 10).long(), split.query_idx[members])
 
 
-def test_per_task_support_and_query_embeddings_have_spec_shapes():  # SPEC T2: [n, m', d] and [n, m - m', d]
+def test_per_task_support_and_query_embeddings_have_spec_shapes():  # T2: [n, m', d] and [n, m - m', d]
     n_images, n_tasks, m, m_prime, dim = 24, 3, 5, 2, 7
     split = build_tasks(n_images, n_tasks, m, m_prime, torch.Generator().manual_seed(4))
     z = torch.randn(n_images, m, dim, generator=torch.Generator().manual_seed(9))
@@ -74,7 +74,7 @@ def test_invalid_view_counts():
         build_tasks(16, 2, 3, 1, torch.Generator())
 
 
-def test_masks_have_exact_count():  # SPEC T2 (G-SSL masks)
+def test_masks_have_exact_count():  # T2 (G-SSL masks)
     masks = make_masks(5, 3, 16, 0.75, torch.Generator().manual_seed(0))
     assert masks.shape == (5, 3, 16) and masks.dtype == torch.bool
     assert (masks.sum(-1) == 12).all()
@@ -82,7 +82,7 @@ def test_masks_have_exact_count():  # SPEC T2 (G-SSL masks)
 
 
 @pytest.mark.parametrize("n_patches, ratio, expected", [(7, 0.75, 5), (9, 0.75, 7), (16, 0.6, 10), (49, 0.75, 37)])
-def test_masks_have_round_ratio_times_patches_when_not_an_integer(n_patches, ratio, expected):  # SPEC T2
+def test_masks_have_round_ratio_times_patches_when_not_an_integer(n_patches, ratio, expected):  # T2
     assert round(ratio * n_patches) == expected
     masks = make_masks(4, 2, n_patches, ratio, torch.Generator().manual_seed(1))
     assert masks.shape == (4, 2, n_patches)

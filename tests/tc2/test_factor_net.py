@@ -15,7 +15,7 @@ def spiked(rows: int, scales: list[float], seed: int = 0) -> torch.Tensor:
     return (torch.randn(rows, len(scales), generator=g) * torch.tensor(scales)) @ rotation.T
 
 
-def test_shape_and_orthonormal_init():  # SPEC T2; §3.4: V0ᵀV0 = I, so the orthogonality term is 0 at init
+def test_shape_and_orthonormal_init():  # T2; §3.4: V0ᵀV0 = I, so the orthogonality term is 0 at init
     torch.manual_seed(0)
     net = FactorNet(10, 4)
     zf = torch.randn(30, 10)
@@ -33,7 +33,7 @@ def test_output_depends_on_statistics_after_training_the_mlp():
     assert not torch.allclose(a, b)
 
 
-def test_learns_the_top_eigenspace(one_thread):  # SPEC T5
+def test_learns_the_top_eigenspace(one_thread):  # T5
     zf = spiked(64, [3.0, 2.5, 2.0, 0.3, 0.25, 0.2, 0.15, 0.1])
     n_factors = 3
     torch.manual_seed(0)

@@ -27,7 +27,7 @@ def spiked(rows: int = 50, dim: int = 8, seed: int = 0) -> torch.Tensor:
 
 # ---------------------------------------------------------------- L_v (Eq. 1)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_loss_v_optimum_is_the_trailing_eigenvalue_sum(reduction):  # SPEC T4
+def test_loss_v_optimum_is_the_trailing_eigenvalue_sum(reduction):  # T4
     zf, n_factors = spiked(), 3
     eigenvalues, eigenvectors = torch.linalg.eigh(zf.T @ zf)           # ascending
     expected = eigenvalues[:-n_factors].sum() / (zf.shape[0] if reduction == "mean" else 1)
@@ -66,7 +66,7 @@ def prox_gradient_lasso(z, basis, l1_coef, steps=60, step_size=0.2):
     return weights.detach()
 
 
-def test_lasso_equivalence():  # SPEC T7
+def test_loss_w_is_minimised_at_the_soft_threshold():  # T7: Eq. 2's per-sample optimum (WeightNet: test_weight_net)
     z = torch.nn.functional.normalize(torch.randn(20, 6, dtype=torch.float64), dim=-1)
     basis = orthonormal(6, 4)
     coords = z @ basis
@@ -88,10 +88,17 @@ def test_lasso_equivalence():  # SPEC T7
 
 
 def test_loss_w_value_and_reductions():
-    z, weights, basis = torch.randn(5, 4), torch.randn(5, 3), torch.randn(4, 3)
-    per_row = (z - weights @ basis.T).square().sum(-1) + 0.5 * weights.abs().sum(-1)
-    torch.testing.assert_close(loss_w(z, weights, basis, 0.5, "mean"), per_row.mean())
-    torch.testing.assert_close(loss_w(z, weights, basis, 0.5, "sum"), per_row.sum())
+    """Eq. 2 on a case worked by hand: V = I, z = [[1, 0], [0, 2]], W = [[0.5, 0], [0, 0]], λ₁ = 0.5.
+    Row 1: ‖(0.5, 0)‖² + 0.5·0.5 = 0.5; row 2: ‖(0, 2)‖² + 0 = 4. Mean 2.25, sum 4.5."""
+    z = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    weights = torch.tensor([[0.5, 0.0], [0.0, 0.0]])
+    basis = torch.eye(2)
+    assert loss_w(z, weights, basis, 0.5, "mean").item() == pytest.approx(2.25)
+    assert loss_w(z, weights, basis, 0.5, "sum").item() == pytest.approx(4.5)
+    # a non-identity V: z = V w exactly leaves only the ℓ1 term, λ₁ Σ|w| = 0.5 · (1 + 2)
+    basis = torch.tensor([[0.6, -0.8], [0.8, 0.6]])
+    exact = torch.tensor([[1.0, -2.0]])
+    assert loss_w(exact @ basis.T, exact, basis, 0.5, "mean").item() == pytest.approx(1.5, abs=1e-6)
 
 
 def test_loss_tc2():  # Eq. 3
@@ -113,7 +120,7 @@ def test_nt_xent_multiview_is_the_mean_over_view_pairs():  # D-SSL-02
     torch.testing.assert_close(nt_xent_multiview(z, 0.3), expected, atol=1e-12, rtol=0)
 
 
-def test_nt_xent_in_factor_space():  # SPEC T8: NT-Xent(ẑ) == NT-Xent(W) for orthonormal V
+def test_nt_xent_in_factor_space():  # T8: NT-Xent(ẑ) == NT-Xent(W) for orthonormal V
     basis = orthonormal(10, 4)
     weights = torch.randn(8, 2, 4, dtype=torch.float64)
     torch.testing.assert_close(nt_xent_multiview(weights @ basis.T, 0.5), nt_xent_multiview(weights, 0.5),
@@ -137,7 +144,7 @@ def test_losses_work_under_torch_func():
 
 
 # ---------------------------------------------------------------- L_sse^q (§3.7)
-def test_brier_collapsed_embeddings_score_one_minus_one_over_n():  # SPEC T11
+def test_brier_collapsed_embeddings_score_one_minus_one_over_n():  # T11
     n = 6
     z_query = torch.ones(n, 2, 3, dtype=torch.float64)
     assert brier_query_loss(z_query, torch.ones(n, 3, dtype=torch.float64), 0.5).item() == pytest.approx(1 - 1 / n,
@@ -148,7 +155,7 @@ def test_brier_collapsed_embeddings_score_one_minus_one_over_n():  # SPEC T11
 
 @pytest.mark.parametrize("n", [2, 3, 8, 17, 32])
 @pytest.mark.parametrize("temperature", [0.05, 0.5, 2.0])
-def test_brier_collapsed_encoder_scores_one_minus_one_over_n_for_any_common_vector(n, temperature):  # SPEC T11
+def test_brier_collapsed_encoder_scores_one_minus_one_over_n_for_any_common_vector(n, temperature):  # T11
     """Every query view and every anchor is the same (arbitrary) vector: p is uniform over the n images, so each
     row scores (1 − 1/n)² + (n − 1)/n² = 1 − 1/n, whatever τ, the vector or the number of query views."""
     common = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
@@ -160,7 +167,7 @@ def test_brier_collapsed_encoder_scores_one_minus_one_over_n_for_any_common_vect
     assert abs(brier_query_loss(z_query, anchors, temperature, "sum").item() - 3 * n * (1 - 1 / n)) < 1e-11
 
 
-def test_brier_perfect_prototypes_decrease_to_zero_as_temperature_falls():  # SPEC T11: τ → 0 gives Brier → 0
+def test_brier_perfect_prototypes_decrease_to_zero_as_temperature_falls():  # T11: τ → 0 gives Brier → 0
     anchors = torch.linalg.qr(torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))).Q.T
     z_query = anchors[:, None, :].repeat(1, 2, 1) * 3.0                  # each query view sits on its own anchor
     losses = [brier_query_loss(z_query, anchors, t).item() for t in (2.0, 1.0, 0.3, 0.1, 0.03, 0.01)]
@@ -168,7 +175,7 @@ def test_brier_perfect_prototypes_decrease_to_zero_as_temperature_falls():  # SP
     assert losses[-1] < 1e-20 and losses[0] > 0.1
 
 
-def test_brier_perfect_prototypes_at_low_temperature():  # SPEC T11
+def test_brier_perfect_prototypes_at_low_temperature():  # T11
     anchors = torch.eye(5, dtype=torch.float64)
     z_query = anchors[:, None, :].repeat(1, 3, 1) * 2.0
     assert brier_query_loss(z_query, anchors, 0.01).item() < 1e-20

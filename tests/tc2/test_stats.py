@@ -5,11 +5,11 @@ import torch
 from tc2ssl.tc2.stats import batch_statistics, normalize_rows
 
 
-def test_statistics_shape():  # SPEC T2
+def test_statistics_shape():  # T2
     assert batch_statistics(torch.randn(24, 7)).shape == (8, 7)
 
 
-def test_statistics_match_numpy_biased_covariance():  # SPEC T3
+def test_statistics_match_numpy_biased_covariance():  # T3
     zf = torch.randn(40, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3 + 1.5
     stats = batch_statistics(zf)
     assert stats.dtype == torch.float64

@@ -18,7 +18,7 @@ def soft_threshold(c: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("mode", ["gated", "free"])
-def test_shapes(mode):  # SPEC T2: W is [N·m, n_f], ẑ is [N·m, d]
+def test_shapes(mode):  # T2: W is [N·m, n_f], ẑ is [N·m, d]
     torch.manual_seed(0)
     n_images, n_views, dim, n_factors = 6, 4, 10, 5
     zf = torch.randn(n_images * n_views, dim)
@@ -38,7 +38,7 @@ def test_gates_start_open_at_the_bias_init():
     torch.testing.assert_close(net(z, basis), gates * (z @ basis))
 
 
-def test_identity_calibration():  # SPEC T6: n_f = d, orthonormal V, gates = 1 -> ẑ = z
+def test_identity_calibration():  # T6: n_f = d, orthonormal V, gates = 1 -> ẑ = z
     dim = 8
     net = WeightNet(dim, dim).double()
     with torch.no_grad():
@@ -48,7 +48,7 @@ def test_identity_calibration():  # SPEC T6: n_f = d, orthonormal V, gates = 1 -
     torch.testing.assert_close(calibrate(z, orthonormal(dim, dim), net), z, atol=1e-6, rtol=0)
 
 
-def test_gated_net_learns_the_lasso_optimum(one_thread):  # SPEC T7: the gated form reaches soft(c, λ₁/2)
+def test_gated_net_learns_the_lasso_optimum(one_thread):  # T7: the gated form reaches soft(c, λ₁/2)
     dim, l1_coef = 8, 0.3
     basis = orthonormal(dim, dim, dtype=torch.float32)
     z = torch.nn.functional.normalize(torch.randn(32, dim, generator=torch.Generator().manual_seed(1)), dim=-1)

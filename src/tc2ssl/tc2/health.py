@@ -169,11 +169,11 @@ def health_warnings(metrics: dict[str, float], epoch: int) -> list[str]:
     if epoch >= 1 and share is not None and pooled is not None and share < MIN_ENERGY_VS_POOLED * pooled:
         found.append(f"tc2 health: span(V) keeps {share:.3g} of the batch's energy, less than {MIN_ENERGY_VS_POOLED} × "
                      f"the {pooled:.3g} of the pooled (batch-independent) subspace at epoch {epoch} (check R7): f_v "
-                     "does not follow the batch statistics; use plugin.factor_mode=subspace")
+                     "does not follow the batch statistics; -p calibrated (docs/tc2.md) has a subspace f_v that does")
     gate_std = finite.get("gate_std")
     if gate_std is not None and gate_std < MIN_GATE_STD:
         found.append(f"tc2 health: the gates of f_w are a constant (std {gate_std:.3g} < {MIN_GATE_STD}): the "
-                     "calibration is a fixed scaling of VVᵀz; use plugin.weight_mode=shrink")
+                     "calibration is a fixed scaling of VVᵀz; -p calibrated (docs/tc2.md) has shrink gates that close")
     sigma_min = finite.get("v_sigma_min")
     if sigma_min is not None and sigma_min < MIN_SIGMA:
         found.append(f"tc2 health: σ_min(V) = {sigma_min:.3g} < {MIN_SIGMA}: V is nearly rank-deficient "
