@@ -124,3 +124,35 @@ def test_a_plugin_config_block_is_parsed_validated_and_round_trips(monkeypatch):
         load_config((), ["plugin.example.mode=slow"])
     with pytest.raises(ConfigError, match="plugin.example.width=0 is out of range"):
         load_config((), ["plugin.example.width=0"])
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["data.local_views=4", "method.name=swav", "plugin.name=none"], "data.augment=auto"),
+    (["data.local_views=4", "data.augment=swav", "plugin.name=none"], "method.name=simclr"),
+    (["data.local_views=4", "data.augment=swav", "method.name=swav", "plugin.name=tc2"], "plugin.name=tc2"),
+])
+def test_multi_crop_outside_the_swav_baseline_is_a_config_error(overrides, named):
+    with pytest.raises(ConfigError, match="data.local_views=4 .multi-crop. needs") as err:
+        load_config((), overrides)
+    assert named in str(err.value)
+
+
+def test_swav_multi_crop_baseline_trains_on_global_and_local_views(tmp_path):
+    """The baseline makes 2 + data.local_views views and SwAV's loss sees all of them; one step lowers nothing to
+    NaN and the views are those of the swav recipe."""
+    import torch
+
+    from tc2ssl.plugins.base import StepInfo
+    from tc2ssl.train.loop import build_run
+
+    run = build_run(load_config((), ["model.backbone=small_cnn_tiny", "data.max_train=32", "train.batch_size=16",
+                                     "method.name=swav", "data.augment=swav", "data.local_views=3",
+                                     f"out={tmp_path}"]))
+    seen = []
+    training_loss = run.method.training_loss
+    run.method.training_loss = lambda views: seen.append(views.shape) or training_loss(views)
+    images = run.data.train.images[:16]
+    metrics = run.plugin.training_step(images, StepInfo(epoch=0, step=0, seed=1))
+    assert seen == [torch.Size((16, 5, *seen[0][2:]))]
+    assert torch.isfinite(metrics["loss"])
+    assert all(p.grad is not None for p in run.method.backbone.parameters())

@@ -41,10 +41,12 @@ class DataConfig:
     download: bool = True
     max_train: int = bounded(0, 0, help="keep at most this many training images (0 = all)")
     val_fraction: float = bounded(0.2, 0.0, 0.9)
-    augment: str = choice("auto", ("auto", "digits", "cifar", "imagenet", "none", "byol"),
+    augment: str = choice("auto", ("auto", "digits", "cifar", "imagenet", "none", "byol", "swav"),
                           help="view augmentation preset; auto picks one from the data source; byol = BYOL's "
                                "asymmetric recipe (views 0, 2, ... always blurred; views 1, 3, ... solarised with "
-                               "p = 0.2)")
+                               "p = 0.2); swav = SwAV's multi-crop (views 0, 1 global crops, the rest local crops)")
+    local_views: int = bounded(0, 0, 32, help="multi-crop: local crops per image beside the two global views "
+                                              "(data.augment=swav, method.name=swav, plugin.name=none; SwAV uses 6)")
     crop_mode: str = choice("auto", ("auto", "slice", "resample"),
                             help="random-resized-crop implementation: slice = a Python loop over views (kornia's "
                                  "default), resample = one batched warp (the same views up to float rounding); "
@@ -422,6 +424,21 @@ def unscalable_plugin_message(plugin_name: str) -> str:
             "are not loss-scaled); valid values with it: 32-true, bf16-mixed, 64-true")
 
 
+def _check_multi_crop(cfg: RunConfig) -> None:
+    """``data.local_views`` > 0 (multi-crop) is SwAV's recipe for the plain baseline: its loss assigns codes from the
+    two global views only, and a task plug-in draws each image's support views at random among its m views, so
+    which views are global would be lost there."""
+    if cfg.data.local_views == 0:
+        return
+    wrong = [f"{key}={value}" for key, value, wanted in (("data.augment", cfg.data.augment, "swav"),
+                                                       ("method.name", cfg.method.name, "swav"),
+                                                       ("plugin.name", cfg.plugin.name, "none")) if value != wanted]
+    if wrong:
+        raise ConfigError(f"data.local_views={cfg.data.local_views} (multi-crop) needs data.augment=swav, "
+                          f"method.name=swav and plugin.name=none, got {', '.join(wrong)}; set data.local_views=0 "
+                          "otherwise")
+
+
 def validate(cfg: RunConfig) -> None:
     """Check every constrained field; raise ConfigError naming the key and the allowed values.
 
@@ -456,6 +473,7 @@ def validate(cfg: RunConfig) -> None:
 
     walk(cfg, "")
     _check_model(cfg)
+    _check_multi_crop(cfg)
     plugin_class = registries["plugin"].get(cfg.plugin.name)
     plugin_class.check_config(cfg)
     if cfg.train.precision == "16-mixed" and not plugin_class.supports_loss_scaling:

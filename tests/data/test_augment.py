@@ -108,3 +108,22 @@ def test_byol_preset_alternates_its_two_recipes_per_view():
     assert probability[(1, "RandomGaussianBlur")] == 0.1 and probability[(1, "RandomSolarize")] == 0.2
     rows = torch.tensor([7, 2, 5])
     assert torch.equal(maker(images, 4, seed=3, rows=rows), views[rows])
+
+
+def test_swav_multi_crop_makes_two_global_views_then_local_views():
+    """Views 0, 1 are SwAV's global crops (scale 0.14-1), views 2.. its local crops (scale 0.05-0.14), each group in
+    one call; selected rows stay those of the whole batch."""
+    from tc2ssl.data.augment import recipe_groups
+
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    maker = ViewMaker("swav", 16, 3)
+    views = maker(images, 5, seed=4)
+    assert views.shape == (6, 5, 3, 16, 16)
+    assert torch.equal(views[:, :2], ViewMaker("swav_global", 16, 3)(images, 2, seed=4))
+    assert torch.equal(views[:, 2:], ViewMaker("swav_local", 16, 3)(images, 3, seed=step_seed(4, 0, 0, stream=101)))
+    crops = [next(op for op in maker.pipeline_for("cpu", r) if type(op).__name__ == "RandomResizedCrop")
+             for r in (0, 1)]
+    assert [tuple(float(x) for x in c._param_generator.scale) for c in crops] == [(0.14, 1.0), (0.05, 0.14)]
+    assert recipe_groups("swav", 2) == [[0, 1], []] and recipe_groups("byol", 3) == [[0, 2], [1]]
+    rows = torch.tensor([4, 1])
+    assert torch.equal(maker(images, 5, seed=4, rows=rows), views[rows])

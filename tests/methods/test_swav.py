@@ -70,3 +70,24 @@ def test_query_loss_does_not_reward_collapse(make_method):
     collapsed = method.query_loss(same.expand(16, 1, 16), F.normalize(same, dim=0).expand(16, 16), LossContext())
     assert collapsed >= 1 - 1 / 12 - 1e-5  # uniform codes: at best p uniform
     assert good < collapsed
+
+
+def test_multi_crop_baseline_assigns_codes_from_the_two_global_views_only(make_method, views, embed):
+    """Multi-crop (data.local_views): views 0, 1 are global; every other view predicts their Sinkhorn codes and
+    gets none itself. Reference written from SwAV §3.2: (1/2) Σ_{i∈{0,1}} 1/(V−1) Σ_{v≠i} CE(softmax(s_v/τ), q_i)."""
+    method = make_method("swav", temperature=0.1, n_prototypes=12)
+    z = embed(method, views)                                           # [N, 3, d]: 2 global + 1 local
+    assert z.shape[1] == 3
+    s = scores(method, z).float()
+    n_views = s.shape[1]
+    total = 0.0
+    for i in range(2):
+        codes = sinkhorn(s[:, i].detach(), iterations=3, epsilon=0.05)
+        cross_entropies = [-(codes * F.log_softmax(s[:, v] / 0.1, dim=-1)).sum(-1).mean()
+                           for v in range(n_views) if v != i]
+        total = total + sum(cross_entropies) / (n_views - 1)
+    expected = total / 2
+    loss = method.baseline_loss(z, LossContext())
+    torch.testing.assert_close(loss, expected)
+    # not the all-pairs loss of the support set, where the third view assigns codes too
+    assert (loss - method.support_loss(z, LossContext())).abs() > 1e-4

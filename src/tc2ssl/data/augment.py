@@ -2,7 +2,8 @@
 
 All views of a batch come from ONE call of a kornia pipeline on the [N*m] stacked images, so TC²'s m views cost
 one batched op per transform. Asymmetric recipes (``byol``) have one pipeline per view group: view v uses
-recipe v mod (number of recipes), each group in one call. Randomness comes from an explicit seed per call
+recipe v mod (number of recipes), each group in one call. Multi-crop (``swav``): views 0 and 1 are global crops and
+the rest local crops, one call per group. Randomness comes from an explicit seed per call
 (``torch.random.fork_rng`` + ``manual_seed``): a step's views depend only on (run seed, epoch, step), which is what
 makes resumed runs bit-identical.
 """
@@ -17,10 +18,27 @@ import torch.nn as nn
 from tc2ssl.errors import ConfigError
 
 DIGIT_SOURCES = {"digits", "mnist", "usps", "mnistm", "svhn", "colored_mnist", "mnist_torchvision"}
-PRESETS = ("digits", "cifar", "imagenet", "none", "byol")
+PRESETS = ("digits", "cifar", "imagenet", "none", "byol", "swav")
 #: presets whose views alternate between recipes (view v uses recipe v mod len): BYOL (Grill et al. 2020, Table 6):
 #: view 1 always blurred and never solarised, view 2 blurred with p = 0.1 and solarised with p = 0.2
 VIEW_RECIPES = {"byol": ("byol_view1", "byol_view2")}
+#: multi-crop presets (SwAV, Caron et al. 2020, §3.2): views 0 and 1 are global crops, every further view a local
+#: crop (``data.local_views`` of them for the baseline). All views have the output resolution: the view tensor has
+#: one shape, so the local crops are resized to it (SwAV renders them at 96 px instead of 224 to save compute;
+#: here they cost as much as a global view).
+MULTI_CROP = {"swav": ("swav_global", "swav_local")}
+#: crop scales of the multi-crop recipes (SwAV's defaults: global (0.14, 1), local (0.05, 0.14))
+MULTI_CROP_SCALES = {"swav_global": (0.14, 1.0), "swav_local": (0.05, 0.14)}
+N_GLOBAL_VIEWS = 2
+
+
+def recipe_groups(preset: str, n_views: int) -> list[list[int]]:
+    """The views each recipe of ``preset`` makes, recipe by recipe: one group for a single-recipe preset, view v mod
+    len for an alternating one (BYOL), [0, 1] and [2, ..., m − 1] for multi-crop (SwAV)."""
+    if preset in MULTI_CROP:
+        return [list(range(min(N_GLOBAL_VIEWS, n_views))), list(range(N_GLOBAL_VIEWS, n_views))]
+    recipes = VIEW_RECIPES.get(preset, (preset,))
+    return [list(range(recipe, n_views, len(recipes))) for recipe in range(len(recipes))]
 #: kornia RandomResizedCrop cropping modes (``data.crop_mode``); auto = resample on CUDA, slice elsewhere
 CROP_MODES = ("auto", "slice", "resample")
 
@@ -74,6 +92,16 @@ def build_augmentation(preset: str, resolution: int, channels: int, crop_mode: s
         if solarize_p:
             ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))   # threshold 0.5
         return nn.Sequential(*ops)
+    if preset in MULTI_CROP_SCALES:     # SwAV's multi-crop: its SimCLR-style colour distortion on every crop
+        ops = [K.RandomResizedCrop(size, scale=MULTI_CROP_SCALES[preset], cropping_mode=crop_mode),
+               K.RandomHorizontalFlip()]
+        if colour:
+            ops += [K.ColorJitter(0.8, 0.8, 0.8, 0.2, p=0.8), K.RandomGrayscale(p=0.2)]
+        else:
+            ops.append(K.ColorJitter(brightness=0.4, contrast=0.4, p=0.8))
+        kernel = max(3, (resolution // 10) | 1)
+        ops.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=0.5))
+        return nn.Sequential(*ops)
     raise ConfigError(f"data.augment={preset!r} is not allowed; valid values: auto, {', '.join(PRESETS)}")
 
 
@@ -109,7 +137,7 @@ class ViewMaker:
     def __init__(self, preset: str, resolution: int, channels: int, crop_mode: str = "auto"):
         crop_mode_for(crop_mode, "cpu")   # validates
         self.preset, self.resolution, self.channels, self.crop_mode = preset, resolution, channels, crop_mode
-        self.recipes = VIEW_RECIPES.get(preset, (preset,))
+        self.recipes = MULTI_CROP.get(preset) or VIEW_RECIPES.get(preset, (preset,))
         self.dtype = torch.float32
         self._pipelines: dict[tuple[str, int], nn.Module] = {}   # by (cropping mode, recipe), built on first use
 
@@ -142,8 +170,7 @@ class ViewMaker:
             return self._views(self.pipeline_for(images.device), images, n_views, seed, rows)
         n_out = images.shape[0] if rows is None else rows.numel()
         views = torch.empty(n_out, n_views, *images.shape[1:], dtype=self.dtype, device=images.device)
-        for recipe in range(len(self.recipes)):
-            group = list(range(recipe, n_views, len(self.recipes)))      # view v uses recipe v mod len
+        for recipe, group in enumerate(recipe_groups(self.preset, n_views)):
             if group:
                 group_seed = seed if recipe == 0 else step_seed(seed, 0, 0, stream=100 + recipe)
                 views[:, group] = self._views(self.pipeline_for(images.device, recipe), images, len(group),

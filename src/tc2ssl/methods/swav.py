@@ -3,8 +3,9 @@
 Heads: lightly's ``SwaVProjectionHead``, whose output is the calibration point (D-TC-07), and
 ``SwaVPrototypes`` (``cfg.n_prototypes`` prototypes), applied *after* calibration to n(ẑ) with the functional
 parameters ``ctx.params``. The prototypes are ℓ2-normalised at construction and after every outer step
-(``after_step``, lightly's ``SwaVPrototypes.normalize``). Not implemented: the feature queue and the
-first-epoch freezing of the prototypes (small-batch refinements of the paper).
+(``after_step``, lightly's ``SwaVPrototypes.normalize``). Multi-crop: ``data.augment=swav data.local_views=6``
+(the baseline; codes from the two global crops only, :meth:`SwAV.baseline_loss`). Not implemented: the feature
+queue and the first-epoch freezing of the prototypes (small-batch refinements of the paper).
 
 Loss (SwAV Eq. 3, D-SSL-02): swapped prediction, lightly's ``SwaVLoss`` with temperature ``cfg.temperature``
 (SwAV uses 0.1; set ``method.temperature=0.1``) and 3 Sinkhorn iterations at ε = 0.05; for v views it is the
@@ -56,6 +57,16 @@ class SwAV(SSLMethod):
         check_views(z, 2)
         scores = self.prototype_scores(z, ctx.params).float()  # Sinkhorn's exp(s/ε) overflows in half precision
         return self.criterion([scores[:, u] for u in range(z.shape[1])], []).squeeze(0)
+
+    def baseline_loss(self, z: torch.Tensor, ctx: LossContext) -> torch.Tensor:
+        """The plain baseline's loss: with more than two views (multi-crop, ``data.local_views``), views 0 and 1 are
+        the global crops whose Sinkhorn codes every other view predicts, and the local crops get no codes (SwAV
+        §3.2, lightly's high/low-resolution outputs); with two views, the support loss."""
+        if z.shape[1] <= 2:
+            return self.support_loss(z, ctx)
+        scores = self.prototype_scores(z, ctx.params).float()
+        return self.criterion([scores[:, u] for u in range(2)],
+                              [scores[:, u] for u in range(2, z.shape[1])]).squeeze(0)
 
     def query_loss(self, z_query: torch.Tensor, anchors: torch.Tensor, ctx: LossContext) -> torch.Tensor:
         check_anchors(anchors, z_query)

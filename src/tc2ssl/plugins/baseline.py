@@ -1,4 +1,5 @@
-"""``plugin.name=none``: the plain SSL baseline — two views per image, the method's native loss.
+"""``plugin.name=none``: the plain SSL baseline — two views per image (plus ``data.local_views`` local crops with
+SwAV's multi-crop), the method's native loss.
 
 For the Figure-1 comparison the inter-task gradient cosine is also measured on the baseline (D-DG-01): the batch
 is split into ``plugin.conflict_tasks`` random halves and the gradients of each part's native loss are compared.
@@ -27,10 +28,15 @@ class Baseline(Plugin):
         super().__init__(cfg, method, view_maker)
         self.conflict = ConflictTracker()
 
+    @property
+    def views_per_image(self) -> int:
+        """2, or 2 global + ``data.local_views`` local crops (SwAV's multi-crop)."""
+        return 2 + self.run_cfg.data.local_views
+
     def training_step(self, images: torch.Tensor, info: StepInfo) -> dict[str, torch.Tensor]:
         if self.distributed.active:
             return self._distributed_training_step(images, info)
-        views = self.augmented_views(images, 2, info.seed)
+        views = self.augmented_views(images, self.views_per_image, info.seed)
         loss, z = self.method.training_loss(views)
         metrics = {"loss": loss.detach()}
         every = self.cfg.conflict_every
@@ -45,7 +51,7 @@ class Baseline(Plugin):
         on the whole batch (the same number in every process), and 1/W of its gradient back-propagated (the
         gather's backward sums over processes, the loop sums the parameter gradients)."""
         dist = self.distributed
-        views = self.augmented_views(images, 2, info.seed, rows=dist.image_rows(images.shape[0]))
+        views = self.augmented_views(images, self.views_per_image, info.seed, rows=dist.image_rows(images.shape[0]))
         n, v = views.shape[:2]
         with dist.global_batch_norm(self.method):
             z_local = self.method.embed(views.flatten(0, 1)).view(n, v, -1)
