@@ -86,7 +86,7 @@ class PluginConfig:
     """``plugin.*``: which plug-in trains the encoder, and the keys of the built-in plug-ins.
 
     Who reads what: ``none`` reads the ``conflict_*`` keys; the bi-level task step (``tasks``, and ``tc2`` which
-    extends it) reads the task keys (``n_tasks`` .. ``remainder``, ``beta1``, ``stage2_mode``, ``fd_radius``,
+    extends it) reads the task keys (``n_tasks`` .. ``task_split``, ``beta1``, ``stage2_mode``, ``fd_radius``,
     ``task_reduction``, ``query_loss``, ``bilevel``, ``plus_t_mode``, ``conflict_*``, ``health_every``,
     ``share_support_forward``); ``tc2`` also reads the calibrator keys (``n_factors`` .. ``stage1_*``,
     ``calibration`` .. ``gate_bias_init``). These flat keys are kept where they have always been so that
@@ -146,6 +146,9 @@ class PluginConfig:
     bilevel: bool = True
     plus_t_mode: str = choice("bilevel", ("bilevel", "joint"))
     remainder: str = choice("drop", ("drop", "error"), help="batch size not divisible by n_tasks")
+    task_split: str = choice("random", ("random", "pixel_clusters"),
+                             help="how a batch becomes K tasks: random groups (the paper), or balanced k-means "
+                                  "clusters of each image's 4x4 pooled pixels (tasks that differ)")
     factor_hidden: int = bounded(64, 1)
     factor_init: str = choice("random", ("pca", "random"),
                               help="f_v's base V0: random orthonormal, or pca = the top-n_f eigenvectors of the first "

@@ -107,3 +107,58 @@ def test_task_shards_partition_the_tasks_and_their_images():
             assert torch.equal(local.support_idx[local.groups[k]], split.support_idx[members])
             assert torch.equal(local.query_idx[local.groups[k]], split.query_idx[members])
     assert DistributedContext().task_shard(split).split is split
+
+
+# ---------------------------------------------------------------- tasks that differ (plugin.task_split)
+def coloured_batch(n_per_colour: int = 16, generator_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images [4·n, 3, 8, 8]: a random grey texture tinted by one of 4 colours; and each image's colour."""
+    g = torch.Generator().manual_seed(generator_seed)
+    palette = torch.tensor([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0], [1.0, 1.0, 0.1]])
+    colour = torch.arange(4).repeat_interleave(n_per_colour)[torch.randperm(4 * n_per_colour, generator=g)]
+    texture = torch.rand(4 * n_per_colour, 1, 8, 8, generator=g)
+    images = (255 * texture * palette[colour][:, :, None, None]).to(torch.uint8)
+    return images, colour
+
+
+def test_balanced_kmeans_recovers_equal_clusters_exactly():
+    from tc2ssl.data.tasks import balanced_kmeans
+
+    g = torch.Generator().manual_seed(3)
+    centres = 10 * torch.randn(4, 5, generator=g, dtype=torch.float64)
+    label = torch.arange(4).repeat_interleave(12)[torch.randperm(48, generator=g)]
+    features = centres[label] + torch.randn(48, 5, generator=g, dtype=torch.float64)
+    groups = balanced_kmeans(features, 4, torch.Generator().manual_seed(0))
+    assert groups.shape == (4, 12)
+    assert torch.equal(groups.flatten().sort().values, torch.arange(48))
+    assert all(len(set(label[group].tolist())) == 1 for group in groups)       # every cluster is one true cluster
+
+
+def test_pixel_cluster_tasks_are_pure_in_colour_and_keep_the_random_view_split():
+    """On a batch whose images differ only by their colour, pixel_clusters tasks each hold one colour; random tasks
+    mix them. The support / query views are the same draw as the random split's, and between_share separates the
+    two (≈ 1 against ≈ (K − 1)/(N − 1))."""
+    from tc2ssl.data.tasks import between_task_share, pixel_descriptor
+
+    images, colour = coloured_batch()
+    features = pixel_descriptor(images)
+    clustered = build_tasks(64, 4, 4, 2, torch.Generator().manual_seed(9), task_features=features)
+    random = build_tasks(64, 4, 4, 2, torch.Generator().manual_seed(9))
+    assert torch.equal(clustered.groups.flatten().sort().values, torch.arange(64))
+    assert all(len(set(colour[group].tolist())) == 1 for group in clustered.groups)
+    assert all(len(set(colour[group].tolist())) > 1 for group in random.groups)
+    assert torch.equal(clustered.support_idx, random.support_idx) and torch.equal(clustered.query_idx,
+                                                                                  random.query_idx)
+    assert random.between_share is None and clustered.between_share > 0.5
+    assert between_task_share(features.double(), random.groups) < 0.15
+    with pytest.raises(ValueError, match="task_features has 10 rows"):
+        build_tasks(64, 4, 4, 2, torch.Generator().manual_seed(9), task_features=features[:10])
+
+
+def test_pixel_cluster_split_drops_the_remainder_and_stays_balanced():
+    from tc2ssl.data.tasks import pixel_descriptor
+
+    images, _ = coloured_batch()
+    with pytest.warns(UserWarning, match="dropping 2"):
+        split = build_tasks(62, 4, 4, 2, torch.Generator().manual_seed(1),
+                            task_features=pixel_descriptor(images[:62]))
+    assert split.groups.shape == (4, 15) and len(set(split.groups.flatten().tolist())) == 60

@@ -750,3 +750,34 @@ def test_factor_init_pca_sets_v0_once_from_the_first_batch_and_survives_a_resume
     default = make_run("plugin.conflict_every=0", "plugin.factor_init=random")
     default.plugin.training_step(images_of(default), INFO)
     assert len(seen) == 1 and not default.plugin.calibrator.factor_base_initialised            # factor_init=random
+
+
+@pytest.mark.parametrize("plugin", ["tc2", "tasks"])
+def test_pixel_cluster_tasks_reach_the_step_and_report_their_separation(make_run, plugin):
+    """plugin.task_split=pixel_clusters: the step's tasks are the clusters build_tasks makes from the batch's pixels
+    (same seed stream as the step), and tasks/between_share is logged; the random split logs nothing."""
+    from tc2ssl.data.tasks import build_tasks, pixel_descriptor
+    from tc2ssl.data.tasks import between_task_share
+    from tc2ssl.plugins.bilevel import TASK_STREAM
+
+    def random_groups(run, images):
+        q = run.plugin.cfg
+        return build_tasks(images.shape[0], q.n_tasks, q.n_views, q.n_support_views,
+                           torch.Generator().manual_seed(INFO.seed ^ TASK_STREAM)).groups
+
+    random_run = make_run(plugin=plugin)
+    assert "tasks/between_share" not in random_run.plugin.training_step(images_of(random_run), INFO)
+    run = make_run("plugin.task_split=pixel_clusters", plugin=plugin)
+    images = images_of(run)
+    seen = []
+    original = run.plugin.bilevel_step
+    run.plugin.bilevel_step = lambda views, split, *a: seen.append(split.groups.clone()) or original(views, split, *a)
+    metrics = run.plugin.training_step(images, INFO)
+    p = run.plugin.cfg
+    expected = build_tasks(images.shape[0], p.n_tasks, p.n_views, p.n_support_views,
+                           torch.Generator().manual_seed(INFO.seed ^ TASK_STREAM),
+                           task_features=pixel_descriptor(images))
+    assert len(seen) == 1 and torch.equal(seen[0], expected.groups)
+    assert float(metrics["tasks/between_share"]) == pytest.approx(expected.between_share)
+    random_share = between_task_share(pixel_descriptor(images).double(), random_groups(random_run, images))
+    assert expected.between_share > 2 * random_share                 # the clusters separate more than chance

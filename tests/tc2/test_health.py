@@ -129,3 +129,19 @@ def test_gate_selectivity_is_one_for_task_blind_gates_and_large_for_task_gates()
     by_task = blind * 0.1 + torch.nn.functional.one_hot(tasks, 6).float()  # task k keeps factor k only
     assert gate_selectivity(by_task, tasks, 4, generator).item() > 50
 
+
+
+def test_gate_selectivity_shuffles_whole_images_so_view_correlated_gates_score_one():
+    """Gates that depend on the image only (its 4 views alike), not on its task: ≈ 1 when the chance level shuffles
+    whole images; shuffling single rows would break the views' correlation and score them well above 1."""
+    generator = torch.Generator().manual_seed(1)
+    n_images, views = 64, 4
+    image_tasks = torch.arange(4).repeat_interleave(16)[torch.randperm(n_images, generator=generator)]
+    row_tasks = image_tasks.repeat_interleave(views)
+    gates = torch.rand(n_images, 6, generator=generator).repeat_interleave(views, dim=0)
+    gates = gates + 0.01 * torch.rand(gates.shape, generator=generator)
+    by_image = [gate_selectivity(gates, row_tasks, 4, torch.Generator().manual_seed(s), rows_per_image=views).item()
+                for s in range(20)]
+    by_row = [gate_selectivity(gates, row_tasks, 4, torch.Generator().manual_seed(s)).item() for s in range(20)]
+    assert 0.5 < sum(by_image) / 20 < 1.6
+    assert sum(by_row) / 20 > 2.5

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from tc2ssl.data.tasks import TaskSplit, build_tasks
+from tc2ssl.data.tasks import TaskSplit, build_tasks, pixel_descriptor
 from tc2ssl.diagnostics.conflict import ConflictTracker, epoch_summary_dict, task_gradient_cosines
 from tc2ssl.distributed import TaskShard
 from tc2ssl.errors import ConfigError
@@ -149,7 +149,8 @@ class BilevelTaskPlugin(Plugin):
         images = self._drop_remainder(images)
         split = build_tasks(images.shape[0], p.n_tasks, p.n_views, p.n_support_views,
                             torch.Generator().manual_seed(info.seed ^ TASK_STREAM),
-                            remainder=p.remainder, min_support=self.method.min_support_views)
+                            remainder=p.remainder, min_support=self.method.min_support_views,
+                            task_features=pixel_descriptor(images) if p.task_split == "pixel_clusters" else None)
         self._warn_small_tasks(images.shape[0] // p.n_tasks)
         shard = self.distributed.task_shard(split)          # this process's tasks and images (one process: all)
         split, local_split = split.to(images.device), shard.split.to(images.device)
@@ -159,6 +160,8 @@ class BilevelTaskPlugin(Plugin):
         with section(self.timer, "stage2"):
             metrics = {**preparation.metrics, **self.bilevel_step(views, local_split, info, preparation)}
         metrics["loss"] = metrics["tc2/stage2_sse_query"]
+        if split.between_share is not None:
+            metrics["tasks/between_share"] = torch.tensor(split.between_share)
         return metrics
 
     def prepare_step(self, views, split: TaskSplit, shard: TaskShard, info: StepInfo) -> StepPreparation:

@@ -118,6 +118,7 @@ class Calibrator(nn.Module):
         #: the health metrics compare V with); None before the first batch
         self.pooled_moment: torch.Tensor | None = None
         self.last_row_tasks: torch.Tensor | None = None   # the task of each statistic row of the last stage 1
+        self.last_rows_per_image = 1                       # rows of one image in it (its views, or view tokens)
         self.last_n_tasks = 0
         self.stage1_optimizer = (torch.optim.Adam(self.parameter_dict().values(), lr=cfg.stage1_adam_lr)
                                  if cfg.stage1_optimizer == "adam" else None)
@@ -229,6 +230,7 @@ class Calibrator(nn.Module):
         with torch.no_grad():
             self.set_l1(z_stats, self.factor_net(batch.stats))
         self.last_row_tasks = batch.row_tasks if batch.stat_rows is None else None
+        self.last_rows_per_image = batch.row_tasks.shape[0] // batch.z_all.shape[0]
         self.last_n_tasks = split.n_tasks
         if self.frozen:
             metrics = {}
@@ -368,7 +370,8 @@ class Calibrator(nn.Module):
                     self.last_row_tasks.shape[0] == zf.shape[0]:
                 gates = self.weight_net.gates(zf, basis, self.context(zf, self.last_row_tasks, self.last_n_tasks))
                 health["gate_selectivity"] = gate_selectivity(gates, self.last_row_tasks, self.last_n_tasks,
-                                                              torch.Generator().manual_seed(SELECTIVITY_SEED))
+                                                              torch.Generator().manual_seed(SELECTIVITY_SEED),
+                                                              rows_per_image=self.last_rows_per_image)
         return {f"tc2/{k}": v for k, v in health.items()}
 
     def extra_state(self) -> dict:
