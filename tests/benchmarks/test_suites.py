@@ -238,3 +238,42 @@ def test_gessl_rows_bring_the_baseline_at_the_task_batch():
     rows = gessl_fairness_rows(base, ["none", "gessl"])
     assert [(r.label, r.plugin, r.overrides) for r in rows] == [("none batch=32", "none", ("train.batch_size=32",))]
     assert gessl_fairness_rows(base, ["none", "tc2"]) == [] and "gessl" in DEFAULT_PLUGINS
+
+
+def test_posthoc_rows_start_from_the_same_seeds_none_run_and_pair_with_their_control(tmp_path, capsys):
+    from tc2ssl.benchmarks.suites import posthoc_rows, run_config
+
+    base = config_mod.load_config((), ["train.epochs=6"])
+    rows = posthoc_rows(base, ["none", "tc2", "umm"], {"posthoc_epochs": 0})
+    assert [(r.label, r.plugin, r.baseline) for r in rows] == [("none +3 epochs", "none", "none"),
+                                                             ("umm", "umm", "none +3 epochs")]
+    assert posthoc_rows(base, ["none"], {"posthoc_epochs": 0}) == []
+    assert posthoc_rows(base, ["none", "umm"], {"posthoc_epochs": 2})[0].label == "none +2 epochs"
+    cfg = run_config(["model.backbone=small_cnn_tiny"], rows[1], 4, tmp_path)
+    assert cfg.train.init_from == str(tmp_path / "none_seed4") and cfg.train.epochs == 3
+    assert cfg.train.lr == 5e-4 and cfg.train.warmup_epochs == 0 and cfg.out == str(tmp_path / "umm_seed4")
+    with pytest.raises(config_mod.ConfigError, match="needs none as well"):
+        posthoc_rows(base, ["tc2", "umm"], {"posthoc_epochs": 0})
+
+
+@pytest.mark.data
+@pytest.mark.filterwarnings("ignore")
+def test_umm_row_fine_tunes_the_none_run_and_keeps_its_frozen_layers(shared_data, tmp_path):
+    """The smoke colored_mnist with --plugins none,umm: UMM starts from none_seed0's weights (its frozen early layers
+    stay bit-identical to them), the control continues plain SSL from the same weights (and changes them)."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "cm"
+    assert main(["benchmark", "--preset", "smoke", "--plugins", "none,umm", "colored_mnist", f"out={out}"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    control = [row["label"] for row in result["rows"]][1]
+    assert [row["label"] for row in result["rows"]] == ["none", control, "umm"] and control.startswith("none +")
+    assert set(result["paired"]) == {control, "umm"}
+    start, umm, plain = (load_file(out / f"{folder}_seed0" / "encoder.safetensors")
+                         for folder in ("none", "umm", control.replace(" ", "_")))
+    frozen = [k for k in start if k.startswith(("blocks.0.", "blocks.1."))]          # f_e = block1-2
+    assert frozen and all(torch.equal(umm[k], start[k]) for k in frozen)
+    assert any(not torch.equal(umm[k], start[k]) for k in start if k not in frozen)
+    assert any(not torch.equal(plain[k], start[k]) for k in start)
+    umm_cfg = yaml.safe_load((out / "umm_seed0" / "config.yaml").read_text())
+    assert umm_cfg["train"]["init_from"] == str(out / "none_seed0")

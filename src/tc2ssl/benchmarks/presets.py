@@ -11,7 +11,9 @@ the defaults of the suite options (``suite.KEY=VALUE`` on the command line):
 * ``rho``: P(colour = class) in the ``colored_mnist`` training split;
 * ``curve_every``: record the time-to-accuracy kNN every this many epochs (0 = off) on ``curve_images`` train and
   test images of the pretraining data (:mod:`tc2ssl.benchmarks.curves`);
-* ``equal_compute``: 1 = add the equal-compute baseline rows (:mod:`tc2ssl.benchmarks.compute`), 0 = not.
+* ``equal_compute``: 1 = add the equal-compute baseline rows (:mod:`tc2ssl.benchmarks.compute`), 0 = not;
+* ``posthoc_epochs``: the epochs of the post-hoc rows (``umm`` and its control ``none +E epochs``); 0 = half the
+  pretraining epochs.
 
 The user's ``key=value`` overrides and ``--seeds`` come after the preset and win.
 
@@ -52,7 +54,8 @@ from tc2ssl.data.colored_mnist import COLORED_MNIST_RHO
 from tc2ssl.errors import ConfigError
 
 SUITE_OPTION_DEFAULTS: dict[str, Any] = {"max_test": 0, "k_values": [2, 4, 8, 16], "rho": COLORED_MNIST_RHO,
-                                         "curve_every": 0, "curve_images": 1000, "equal_compute": 0}
+                                         "curve_every": 0, "curve_images": 1000, "equal_compute": 0,
+                                         "posthoc_epochs": 0}
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,13 @@ RANDOM_INIT = "random_init"
 DEFAULT_PLUGINS = (RANDOM_INIT, BASELINE, "tasks", "tc2", "gessl")
 CONFIDENCE = 0.95
 #: the suite options of every suite (tc2ssl.benchmarks.presets)
-COMMON_OPTIONS = ("max_test", "curve_every", "curve_images", "equal_compute")
+COMMON_OPTIONS = ("max_test", "curve_every", "curve_images", "equal_compute", "posthoc_epochs")
+#: plug-ins that fine-tune a finished run (row ``umm``): they start from the same seed's ``none`` run
+POSTHOC_PLUGINS = ("umm",)
+#: the post-hoc optimiser settings (docs/umm.md: a smaller learning rate than pretraining, no warm-up)
+POSTHOC_OVERRIDES = ("train.lr=5e-4", "train.warmup_epochs=0")
+#: placeholders of a row's overrides, filled per (row, seed) by :func:`run_config`
+OUT_PLACEHOLDER, SEED_PLACEHOLDER = "{out}", "{seed}"
 TEST_SUBSET_SEED = 0
 
 
@@ -332,8 +338,11 @@ def digits_transfer(cfg: config_mod.RunConfig, ctx: SuiteContext) -> RunOutcome:
 
     details, run_dirs = {}, []
     for target, channels in (("usps", 1), ("mnistm", 3)):
-        run_cfg = dataclasses.replace(cfg, out=str(Path(cfg.out) / ("mnist_grey" if channels == 1 else "mnist_rgb")),
-                                      data=dataclasses.replace(cfg.data, channels=channels))
+        folder = "mnist_grey" if channels == 1 else "mnist_rgb"
+        start = cfg.train.init_from and str(Path(cfg.train.init_from) / folder)   # post-hoc rows: the same sub-run
+        run_cfg = dataclasses.replace(cfg, out=str(Path(cfg.out) / folder),
+                                      data=dataclasses.replace(cfg.data, channels=channels),
+                                      train=dataclasses.replace(cfg.train, init_from=start or None))
         data = ctx.cached(("mnist", repr(run_cfg.data)), lambda: load_data(run_cfg.data))
         backbone, run_dir = pretrain_backbone(run_cfg, data, ctx)
         splits = ctx.cached((target, channels), lambda: load_eval_splits(
@@ -365,6 +374,24 @@ def gessl_fairness_rows(base: config_mod.RunConfig, plugins: list[str]) -> list[
         return []
     task_batch = base.train.batch_size // n_batches
     return [Row(f"none batch={task_batch}", BASELINE, (f"train.batch_size={task_batch}",))]
+
+
+def posthoc_rows(base: config_mod.RunConfig, plugins: list[str], options: dict) -> list[Row]:
+    """With a post-hoc plug-in (``umm``): its row fine-tunes the same seed's ``none`` run for E epochs
+    (``suite.posthoc_epochs``; 0 = half the pretraining epochs, at least 1) at lr 5e-4 without warm-up, and the
+    row ``none +E epochs`` continues plain SSL from the same run for the same epochs and settings: UMM's control
+    (more training of the same kind), which the UMM row is paired with. Both run after ``none``."""
+    wanted = [p for p in plugins if p in POSTHOC_PLUGINS]
+    if not wanted:
+        return []
+    if BASELINE not in plugins:
+        raise ConfigError(f"--plugins {','.join(wanted)} needs {BASELINE} as well: post-hoc rows fine-tune the "
+                          f"{BASELINE} row's run of the same seed")
+    epochs = options["posthoc_epochs"] or max(1, base.train.epochs // 2)
+    start = (f"train.init_from={OUT_PLACEHOLDER}/{BASELINE}_seed{SEED_PLACEHOLDER}", f"train.epochs={epochs}",
+             *POSTHOC_OVERRIDES)
+    control = Row(f"{BASELINE} +{epochs} epochs", BASELINE, start, equal_compute=False)
+    return [control, *(Row(p, p, start, baseline=control.label, equal_compute=False) for p in wanted)]
 
 
 def method_rows(base: config_mod.RunConfig, plugins: list[str], methods: list[str] | tuple[str, ...]) -> list[Row]:
@@ -456,8 +483,9 @@ def suite_options(suite: Suite, preset: BenchmarkPreset, overrides: list[str]) -
 def run_config(base_overrides: list[str], row: Row, seed: int, out: Path) -> config_mod.RunConfig:
     """The validated config of ``row`` at ``seed``; train.resume=true: a checkpoint of the same config in its
     folder is continued (a different one is refused by the training loop)."""
+    overrides = [o.replace(OUT_PLACEHOLDER, str(out)).replace(SEED_PLACEHOLDER, str(seed)) for o in row.overrides]
     return config_mod.load_config((), [*base_overrides, "train.resume=true", f"plugin.name={row.plugin}",
-                                       *row.overrides, f"seed={seed}", f"out={out / f'{row.folder}_seed{seed}'}"])
+                                       *overrides, f"seed={seed}", f"out={out / f'{row.folder}_seed{seed}'}"])
 
 
 def run_row(suite: Suite, row: Row, run_cfg: config_mod.RunConfig, ctx: SuiteContext) -> dict:
@@ -519,8 +547,10 @@ def run_benchmark(suite_name: str, preset_name: str = "cpu",
                       *cfg_overrides]
     base = config_mod.load_config((), base_overrides)
     out = Path(base.out)
-    rows = [Row(p, BASELINE, untrained=True) if p == RANDOM_INIT else Row(p, p) for p in plugins]
+    rows = [Row(p, BASELINE, untrained=True) if p == RANDOM_INIT else Row(p, p) for p in plugins
+            if p not in POSTHOC_PLUGINS]
     rows += suite.extra_rows(base, plugins, options) if suite.extra_rows else []
+    rows += posthoc_rows(base, plugins, options)
     rows += gessl_fairness_rows(base, plugins)
     rows += method_rows(base, plugins, methods)
     run_cfgs = {(row.label, seed): run_config(base_overrides, row, seed, out) for row in rows for seed in seeds}
