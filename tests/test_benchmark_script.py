@@ -87,3 +87,24 @@ def test_throughput_sweeps_k_and_m_and_reports_points_it_cannot_run(tmp_path):
     assert set(report["sweep_n_views"]["points"]) == {"baseline", "m=3,m'=2"}
     assert "simclr" in report["sweep_n_views"]["skipped"]["m=2,m'=1"]
     assert "k_sweep_spread" in json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_protocol_tables_pair_models_by_seed(tmp_path):
+    """Few-shot and fine-tune scores of two models over three seeds: mean ± std per model, the paired difference
+    with its t-interval (differences 2, 4, 6 points: mean 4, std 2, t_{0.975,2} = 4.303 → ±4.97)."""
+    spec = importlib.util.spec_from_file_location("protocol_tables", REPO / "benchmarks" / "protocol_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    for seed, (base, other) in enumerate([(0.50, 0.52), (0.60, 0.64), (0.40, 0.46)]):
+        for model, accuracy in (("none", base), ("umm", other)):
+            folder = tmp_path / f"s{seed}" / model
+            folder.mkdir(parents=True)
+            episodes = {"prototype": {"mean": accuracy, "ci95": 0.01, "episodes": 600}}
+            (folder / "eval_usps_fewshot.json").write_text(json.dumps({"pretrained": {"5way_1shot": episodes}}))
+            (folder / "eval_usps_finetune.json").write_text(json.dumps({"pretrained": {"accuracy": accuracy}}))
+    (tmp_path / "s3" / "none").mkdir(parents=True)           # an unfinished seed: skipped
+    for protocol in ("fewshot", "finetune"):
+        text = tables.table(tables.load(tmp_path, "usps", protocol, ["none", "umm"]), "none")
+        row = text.splitlines()[2]
+        assert "| 50.00 ± 10.00 | 54.00 ± 9.17 | +4.00 [-0.97, +8.97] |" in row, row
+        assert "(seeds: s0, s1, s2;" in text
