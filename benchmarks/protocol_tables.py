@@ -1,4 +1,4 @@
-"""Tables of ``tc2ssl evaluate --protocol`` results over seeds (docs/results.md §11): mean ± std per model and
+"""Tables of ``tc2ssl evaluate --protocol`` results over seeds (docs/results.md §12): mean ± std per model and
 score, and each model's paired difference to a base model with its 95% t-interval.
 
     python benchmarks/protocol_tables.py runs/protocols/digits --data usps --protocols fewshot,semisup,finetune \

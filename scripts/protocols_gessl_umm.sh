@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# docs/results.md §11 extended to GeSSL and UMM (issue 17): the same tiny pretrainings as §11 (small_cnn_tiny,
+# docs/results.md §12 extended to GeSSL and UMM (issue 17): the same tiny pretrainings as §12 (small_cnn_tiny,
 # 2,048 images, 3 epochs of batch 256), SimCLR re-run as the paired base, GeSSL pretrained the same way, UMM post hoc
 # on the SimCLR run (3 epochs, lr 5e-4) beside the same 3 extra plain SimCLR epochs (UMM's control).
 # Resumable: a step whose output exists is skipped. Outputs under runs/protocols/.
