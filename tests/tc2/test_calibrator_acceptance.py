@@ -17,6 +17,9 @@ What is asserted (on a fresh batch after training):
   factors is at least twice that on the others (NOT met, marked xfail: at most 50% closed on its own for every
   task);
 - f_w's weights reach the LASSO optimum of Eq. 2 for the batch's V and λ₁, solved here by coordinate descent.
+
+The default calibrator on the same data and budget, for contrast: its span(V) does not follow the batch (strict
+xfail), and its weights reach an Eq. 2 optimum that, at its absolute λ₁, zeroes almost nothing.
 """
 from __future__ import annotations
 
@@ -72,11 +75,11 @@ def lasso_coordinate_descent(z: torch.Tensor, basis: torch.Tensor, l1: float, sw
     return w
 
 
-@pytest.fixture(scope="module")
-def trained():
+def train_calibrator(presets: tuple[str, ...]):
+    """The calibrator of ``presets`` after STEPS production stage-1 steps on fresh batches; a fresh batch, its V."""
     torch.manual_seed(0)
     factors = torch.linalg.qr(torch.randn(DIM, DIM)).Q[:, :N_TRUE]
-    cfg = load_config(("calibrated",), ["plugin.name=tc2", "method.name=simclr", f"method.proj_output_dim={DIM}",
+    cfg = load_config(presets, ["plugin.name=tc2", "method.name=simclr", f"method.proj_output_dim={DIM}",
                            f"plugin.n_tasks={N_TASKS}", "model.backbone=small_cnn_tiny"])
     plugin = build_plugin(cfg, build_method(cfg.method, build_backbone(cfg.model, 1)), None)
     generator = torch.Generator().manual_seed(1)
@@ -93,6 +96,17 @@ def trained():
         basis = calibrator.factor_net(batch_statistics(z.reshape(-1, DIM)))
         calibrator.set_l1(z.reshape(-1, DIM), basis)
     return calibrator, factors, z, split, basis
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return train_calibrator(("calibrated",))
+
+
+@pytest.fixture(scope="module")
+def trained_default():
+    """The default calibrator (MLP f_v from a random V0, V detached in L_w, sigmoid gates, absolute λ₁)."""
+    return train_calibrator(())
 
 
 def test_columns_of_v_align_with_the_true_factors(trained):
@@ -161,3 +175,24 @@ def test_gates_stay_open_on_each_tasks_own_factors(trained):
             gates = calibrator.weight_net.gates(rows, basis, calibrator.context(rows))
             own = [r for r in range(basis.shape[1]) if int(match[r]) in own_columns(task) + list(range(SHARED))]
             assert (gates[:, own] < 0.1).float().mean() <= 0.5, task
+
+
+# ---------------------------------------------------------------- the default calibrator, same data and budget
+@pytest.mark.xfail(strict=True, reason="known (docs/tc2.md, R7): the default MLP f_v is a learned constant at the "
+                   "production step size; its span keeps less of the batch than the top subspace")
+def test_default_calibrator_span_follows_the_batch(trained_default):
+    test_span_of_v_follows_the_batch(trained_default)
+
+
+def test_default_calibrator_weights_reach_a_lasso_optimum_that_selects_almost_nothing(trained_default):
+    """The default's sigmoid gates do reach Eq. 2's optimum for its V (objective within 5%), but at the absolute
+    λ₁ = 0.05 that optimum zeroes only ~8% of the weights (the calibrated preset's: ~79%), and the gates zero none:
+    the default calibration is near the identity on span(V) — a projection, not a selection (docs/tc2.md)."""
+    test_weights_reach_the_lasso_optimum_of_eq2(trained_default)
+    calibrator, _, z, _, basis = trained_default
+    rows = z.reshape(-1, DIM)[:256]
+    optimum = lasso_coordinate_descent(rows, basis, float(calibrator.l1_value))
+    with torch.no_grad():
+        weights = calibrator.weights(rows, basis, None, calibrator.context(rows))
+    assert float((optimum == 0).float().mean()) < 0.15
+    assert float((weights.abs() < 1e-6).float().mean()) == 0.0
