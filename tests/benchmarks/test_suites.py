@@ -49,7 +49,8 @@ def test_bad_benchmark_inputs_fail_before_any_work(argv, fragment, capsys, tmp_p
 def test_suite_options_parse_and_default_from_the_preset():
     suite = SUITES.get("colored_mnist")
     options, rest = suite_options(suite, get_preset("cpu"), ["suite.rho=0.95", "train.epochs=2"])
-    assert options == {"max_test": 0, "rho": 0.95, "curve_every": 0, "curve_images": 1000, "equal_compute": 0}
+    assert options == {"max_test": 0, "rho": 0.95, "curve_every": 0, "curve_images": 1000, "equal_compute": 0,
+                       "posthoc_epochs": 0}
     assert rest == ["train.epochs=2"]
     options, _ = suite_options(suite, get_preset("standard"), ["suite.curve_every=3"])
     assert options["curve_every"] == 3 and options["equal_compute"] == 1
