@@ -22,6 +22,8 @@ for seed in 0 1 2; do
   for post in umm none; do posthoc $D/none $post; posthoc $P/none $post; done
   for run in $D/none $D/gessl $D/none/posthoc_umm $D/none/posthoc_none; do
     evaluate $run eval_usps_fewshot.json fewshot eval.data=usps eval.random_init_baseline=false
+  done
+  for run in $D/none $D/gessl $D/none/posthoc_umm; do      # (UMM's control: few-shot only, for machine time)
     evaluate $run eval_usps_semisup.json semisup eval.data=usps eval.finetune_epochs=5 eval.random_init_baseline=false
     evaluate $run eval_usps_finetune.json finetune eval.data=usps eval.finetune_epochs=5 eval.random_init_baseline=false
   done
