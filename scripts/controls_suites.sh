@@ -10,8 +10,8 @@ B="${TC2SSL:-.venv/bin/tc2ssl} benchmark --preset cpu"
 CONTROLS=none,tc2,tc2_frozen,random_proj,tasks_nf
 $B --plugins $CONTROLS --seeds 0,1,2,3,4 colored_mnist out=runs/controls/colored_mnist
 $B --plugins $CONTROLS,umm --seeds 0,1,2,3,4 colored_mnist out=runs/controls/colored_mnist    # + UMM post hoc
-$B --plugins none,gessl --seeds 0,1,2 colored_mnist out=runs/controls/colored_mnist_gessl suite.curve_every=1
 $B --plugins tc2 --seeds 0,1,2,3,4 colored_mnist out=runs/controls/colored_mnist_fd plugin.stage2_mode=finite_difference
+$B --plugins none,gessl --seeds 0,1,2 colored_mnist out=runs/controls/colored_mnist_gessl suite.curve_every=1
 $B --plugins tc2 --seeds 0,1,2,3,4 colored_mnist out=runs/controls/colored_mnist_clusters plugin.task_split=pixel_clusters
 $B --plugins $CONTROLS --seeds 0,1,2,3,4 pacs out=runs/controls/pacs
 $B --plugins $CONTROLS --seeds 0,1,2 digits_transfer out=runs/controls/digits_transfer
