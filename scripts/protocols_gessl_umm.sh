@@ -2,7 +2,8 @@
 # docs/results.md §12 extended (issue 17): the same tiny pretrainings as §12 (small_cnn_tiny, 2,048 images, 3 epochs
 # of batch 256). Phase 1: MNIST -> USPS for GeSSL and UMM (SimCLR re-run as the paired base; UMM post hoc on the
 # SimCLR run for 3 epochs at lr 5e-4, beside the same 3 extra plain SimCLR epochs, its control). Phase 2: PACS
-# semi-supervised and fine-tuning for SimCLR, +T and TC². Phase 3: the same for GeSSL and UMM, and PACS few-shot.
+# semi-supervised and fine-tuning for SimCLR, +T and TC². Phase 3: the same for GeSSL and UMM, and PACS few-shot
+# for SimCLR, GeSSL and UMM (PHASE3_SEEDS="0" bash ... runs one seed of it, so seeds can run side by side).
 # Resumable: a step whose output exists is skipped. Outputs under runs/protocols/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +36,7 @@ for seed in 0 1 2; do                                            # phase 2: PACS
     evaluate $P/$p eval_pacs_finetune.json finetune $SEMI
   done
 done
-for seed in 0 1 2; do                                            # phase 3: PACS, GeSSL / UMM, and few-shot
+for seed in ${PHASE3_SEEDS:-0 1 2}; do                           # phase 3: PACS, GeSSL / UMM, and few-shot
   P=runs/protocols/pacs/s$seed
   pretrain "$PAC plugin.name=gessl" $P/gessl $seed
   posthoc $P/none umm
@@ -43,7 +44,7 @@ for seed in 0 1 2; do                                            # phase 3: PACS
     evaluate $run eval_pacs_semisup.json semisup $SEMI
     evaluate $run eval_pacs_finetune.json finetune $SEMI
   done
-  for run in $P/none $P/tasks $P/tc2 $P/gessl $P/none/posthoc_umm; do
+  for run in $P/none $P/gessl $P/none/posthoc_umm; do        # (SimCLR/+T/TC² few-shot on PACS: §12's runs)
     evaluate $run eval_pacs_fewshot.json fewshot eval.random_init_baseline=false
   done
 done
