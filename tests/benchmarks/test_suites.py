@@ -91,7 +91,7 @@ def test_summary_pairs_rows_by_seed_and_the_table_shows_it():
     result["plots"] = []
     table = results_markdown(suite, result)
     assert "| tc2 | 62.00 ± 10.05 | 52.00 ± 10.05 |" in table
-    assert "| tc2 | +2.00 [+1.75, +2.25] | +2.00 [+1.75, +2.25] |" in table
+    assert "| tc2 | none | +2.00 [+1.75, +2.25] | +2.00 [+1.75, +2.25] |" in table
 
 
 # ------------------------------------------------------------------------------------------- smoke, real data
@@ -276,5 +276,6 @@ def test_umm_row_fine_tunes_the_none_run_and_keeps_its_frozen_layers(shared_data
     assert frozen and all(torch.equal(umm[k], start[k]) for k in frozen)
     assert any(not torch.equal(umm[k], start[k]) for k in start if k not in frozen)
     assert any(not torch.equal(plain[k], start[k]) for k in start)
+    assert f"| umm | {control} | " in (out / "results.md").read_text()          # paired with its control
     umm_cfg = yaml.safe_load((out / "umm_seed0" / "config.yaml").read_text())
     assert umm_cfg["train"]["init_from"] == str(out / "none_seed0")

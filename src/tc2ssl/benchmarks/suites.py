@@ -723,12 +723,13 @@ def results_markdown(suite: Suite, result: dict) -> str:
         cells = [f"{100 * by_metric[m]['mean']:.2f} ± {100 * by_metric[m]['std']:.2f}" for m in metrics]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if result["paired"]:
-        lines += ["", f"## Paired difference against `{BASELINE}` (points; rows `METHOD/…` against `METHOD/none`), "
-                  f"mean [{CONFIDENCE:.0%} t-interval]", "",
-                  "| row | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+        against = {row["label"]: row.get("baseline", BASELINE) for row in result.get("rows", [])}
+        lines += ["", f"## Paired difference against each row's base (points; `{BASELINE}`, `METHOD/none` for "
+                  f"`METHOD/…`, the plain-SSL control for post-hoc rows), mean [{CONFIDENCE:.0%} t-interval]", "",
+                  "| row | against | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
         for label, by_metric in result["paired"].items():
             cells = [_interval(by_metric[m]) for m in metrics]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label} | {against.get(label, BASELINE)} | " + " | ".join(cells) + " |")
         if n_seeds < 2:
             lines += ["", "(one seed: no interval; pass --seeds 0,1,2)"]
     else:
