@@ -4,7 +4,8 @@
 # SimCLR run for 3 epochs at lr 5e-4, beside the same 3 extra plain SimCLR epochs, its control). Phase 2: PACS
 # semi-supervised and fine-tuning for SimCLR, +T and TC². Phase 3: the same for GeSSL and UMM, and PACS few-shot
 # for SimCLR, GeSSL and UMM (PHASE3_SEEDS="0" bash ... runs one seed of it, so seeds can run side by side).
-# Resumable: a step whose output exists is skipped. Outputs under runs/protocols/.
+# Resumable: a step whose output exists is skipped (copy docs/figures/protocols/ into runs/protocols/ first to
+# skip evaluations whose results are committed). Outputs under runs/protocols/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${TC2SSL:-.venv/bin/tc2ssl}
@@ -15,8 +16,9 @@ PAC="data.name=pacs data.domains=[photo,sketch,cartoon] data.resolution=32 data.
 SEMI="eval.finetune_epochs=5 eval.random_init_baseline=false"
 pretrain() { [ -f "$2/encoder.safetensors" ] || $T pretrain $C $1 seed=$3 out=$2; }
 posthoc() { [ -f "$1/posthoc_$2/encoder.safetensors" ] || $T posthoc "$1" plugin.name=$2 $POST; }
+phase() { [[ " ${PHASES:-1 2 3} " == *" $1 "* ]] && echo "$2" || true; }   # PHASES="3" runs phase 3 only
 evaluate() { [ -f "$1/$2" ] || $T evaluate --protocol $3 "$1" ${@:4}; }
-for seed in 0 1 2; do                                            # phase 1: MNIST -> USPS, GeSSL and UMM
+for seed in $(phase 1 "0 1 2"); do                               # phase 1: MNIST -> USPS, GeSSL and UMM
   D=runs/protocols/digits/s$seed
   for p in none gessl; do pretrain "$DIG plugin.name=$p" $D/$p $seed; done
   for post in umm none; do posthoc $D/none $post; done
@@ -28,7 +30,7 @@ for seed in 0 1 2; do                                            # phase 1: MNIS
     evaluate $run eval_usps_finetune.json finetune eval.data=usps $SEMI
   done
 done
-for seed in 0 1 2; do                                            # phase 2: PACS, SimCLR / +T / TC²
+for seed in $(phase 2 "0 1 2"); do                               # phase 2: PACS, SimCLR / +T / TC²
   P=runs/protocols/pacs/s$seed
   for p in none tasks tc2; do
     pretrain "$PAC plugin.name=$p" $P/$p $seed
@@ -36,8 +38,9 @@ for seed in 0 1 2; do                                            # phase 2: PACS
     evaluate $P/$p eval_pacs_finetune.json finetune $SEMI
   done
 done
-for seed in ${PHASE3_SEEDS:-0 1 2}; do                           # phase 3: PACS, GeSSL / UMM, and few-shot
+for seed in $(phase 3 "${PHASE3_SEEDS:-0 1 2}"); do               # phase 3: PACS, GeSSL / UMM, and few-shot
   P=runs/protocols/pacs/s$seed
+  pretrain "$PAC plugin.name=none" $P/none $seed                 # (phase 2's run; re-made if runs/ was cleared)
   pretrain "$PAC plugin.name=gessl" $P/gessl $seed
   posthoc $P/none umm
   for run in $P/gessl $P/none/posthoc_umm; do

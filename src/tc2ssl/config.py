@@ -132,6 +132,10 @@ class PluginConfig:
                               help="f_v: subspace = the learned base refined by subspace iteration on each batch's S; "
                                    "mlp = V0 + MLP(S) alone (the spec's reading)")
     factor_power_steps: int = bounded(4, 1, help="subspace iterations of factor_mode=subspace")
+    view_agreement: bool = field(default=False, metadata={
+        "help": "weighted LASSO in f_w (weight_mode=shrink): factor r's threshold and ℓ1 weight are scaled by its "
+                "view noise-to-signal ratio in the task, (1 − a_r)/a_r, a_r the share of its energy that agrees "
+                "across an image's views (docs/tc2.md)"})
     task_context: bool = field(default=False, metadata={"help": "f_w also sees the mean representation of each row's "
                                                                  "task"})
     input_norm: str = choice("auto", ("auto", "l2", "rms", "none"),

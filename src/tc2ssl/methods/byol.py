@@ -84,7 +84,7 @@ def target_embeddings(target: TargetNetwork, z: torch.Tensor, ctx: LossContext) 
                          f"hold {tuple(z.shape[:2])}: the target branch needs the views the embeddings came from")
     target_z = target.embed_views(ctx.views, update_stats=ctx.update_state)
     with torch.no_grad():
-        return ctx.calibrate(target_z.flatten(0, 1)).view(target_z.shape[0], target_z.shape[1], -1)
+        return ctx.calibrate(target_z)                                   # [n, v, d]: the calibration sees the views
 
 
 @METHODS.register("byol")

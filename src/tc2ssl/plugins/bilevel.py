@@ -64,7 +64,8 @@ class SharedSupport:
 
 @dataclass
 class StepPreparation:
-    """What ``prepare_step`` hands the bi-level step: the representation transform T (rows [R, d] -> [R, d]),
+    """What ``prepare_step`` hands the bi-level step: the representation transform T (one task's views [n, v, d] ->
+    [n, v, d], or rows [R, d] -> [R, d]; it must accept both),
     an optional shared support forward, and metrics."""
 
     transform: Callable[[torch.Tensor], torch.Tensor] = identity
@@ -229,7 +230,10 @@ class BilevelTaskPlugin(Plugin):
         return self.transform_views(z.view(n, v, *z.shape[1:]), transform)
 
     def transform_views(self, z: torch.Tensor, transform: Callable) -> torch.Tensor:
-        """z [n, v, d] (or [n, v, T, d]) -> T(z) row by row, same shape."""
+        """z [n, v, d] -> T(z) [n, v, d] (T sees each image's views, e.g. for TC²'s view agreement); token latents
+        [n, v, T, d] -> T of their rows, same shape."""
+        if z.dim() == 3:
+            return transform(z)
         return transform(z.reshape(-1, self.method.embed_dim)).view(z.shape)
 
     def inner_loss(self, params: Params, support_views, transform: Callable) -> torch.Tensor:

@@ -44,6 +44,9 @@ TOKEN_STREAM = 0x51E7
 POOLED_DECAY = 0.95
 #: the seed of the random regrouping that gate selectivity is measured against
 SELECTIVITY_SEED = 0
+#: plugin.view_agreement: the view agreement a_r is clamped to [AGREEMENT_FLOOR, 1] (so the noise-to-signal ratio
+#: (1 − a)/a <= 19), and AGREEMENT_FLOOR is also the δ that keeps ω finite when every factor agrees perfectly
+AGREEMENT_FLOOR = 0.05
 
 
 @dataclass
@@ -56,9 +59,18 @@ class Calibration:
     phi: Params | None = None
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        """ẑ of rows z [R, d] that belong to one task (their mean is the task context when f_w reads one)."""
-        z_prepped = self.calibrator.prep(z)
-        return self.calibrator.calibrated(z_prepped, self.basis, self.phi, self.calibrator.context(z_prepped))
+        """ẑ of one task's representations: views z [n, v, d] (same shape back) or rows [R, d] (their mean is the
+        task context when f_w reads one; ``plugin.view_agreement`` needs the views)."""
+        calibrator, d = self.calibrator, z.shape[-1]
+        z_prepped = calibrator.prep(z)
+        penalty = None
+        if z.dim() == 3:
+            penalty = calibrator.view_penalty(z_prepped, self.basis)
+        elif calibrator.cfg.view_agreement:
+            raise ValueError("plugin.view_agreement calibrates the views of a task: pass z as [images, views, d], "
+                             f"got shape {tuple(z.shape)}")
+        rows = z_prepped.reshape(-1, d)
+        return calibrator.calibrated(rows, self.basis, self.phi, calibrator.context(rows), penalty).view(z.shape)
 
 
 @dataclass
@@ -107,6 +119,12 @@ class Calibrator(nn.Module):
         self.n_factors = cfg.n_factors or max(1, dim // 2)
         if self.n_factors > dim:
             raise ConfigError(f"plugin.n_factors={self.n_factors} exceeds the representation dimension {dim}")
+        if cfg.view_agreement and cfg.weight_mode != "shrink":
+            raise ConfigError(f"plugin.view_agreement=true weights the soft threshold of weight_mode=shrink; got "
+                              f"plugin.weight_mode={cfg.weight_mode} (use -p calibrated or plugin.weight_mode=shrink)")
+        if cfg.view_agreement and method.generative:
+            raise ConfigError(f"plugin.view_agreement=true needs views of whole images; {type(method).__name__} "
+                              "calibrates token latents")
         self.factor_net = FactorNet(dim, self.n_factors, hidden=cfg.factor_hidden, mode=cfg.factor_mode,
                                     power_steps=cfg.factor_power_steps)
         self.weight_net = WeightNet(dim, self.n_factors, hidden=cfg.weight_hidden, mode=cfg.weight_mode,
@@ -147,9 +165,9 @@ class Calibrator(nn.Module):
             self.scale = torch.ones((), device=z.device, dtype=z.dtype)
 
     def calibrated(self, z_prepped: torch.Tensor, basis: torch.Tensor, phi: Params | None = None,
-                   context: torch.Tensor | None = None) -> torch.Tensor:
+                   context: torch.Tensor | None = None, penalty: torch.Tensor | None = None) -> torch.Tensor:
         """ẑ in the scale the SSL loss expects: s·f_w(z/s)Vᵀ for rms (scale-equivariant), f_w(z)Vᵀ otherwise."""
-        return self.scale * self.calibrate(z_prepped, basis, phi, context)
+        return self.scale * self.calibrate(z_prepped, basis, phi, context, penalty)
 
     def context(self, z_prepped: torch.Tensor, row_tasks: torch.Tensor | None = None,
                 n_tasks: int = 0) -> torch.Tensor | None:
@@ -164,6 +182,47 @@ class Calibrator(nn.Module):
         membership = F.one_hot(row_tasks, n_tasks).to(z.dtype)                      # [R, K]
         means = (membership.T @ z) / membership.sum(0).clamp_min(1)[:, None]          # [K, d]
         return means[row_tasks]
+
+    def factor_penalty(self, z_views: torch.Tensor, basis: torch.Tensor, image_tasks: torch.Tensor | None = None,
+                       n_tasks: int = 1) -> torch.Tensor | None:
+        """ω [K, n_f] of ``plugin.view_agreement``, one row per task, from the views ``z_views`` [n, v, d]; None when
+        the option is off.
+
+        With c = zV (detached), factor r's view agreement in task k is
+        a_kr = Σ_i Σ_{v≠w} c_ivr c_iwr / ((v − 1) Σ_i Σ_v c_ivr²) over the images i of task k: the share of the
+        factor's energy that is the same in every view of an image (1 for a factor the task's views agree on, about
+        0 for one that is view-specific noise). ρ_kr = (1 − a_kr)/a_kr (a clamped to [AGREEMENT_FLOOR, 1]) is the
+        factor's noise-to-signal ratio in the task, and ω_kr = (ρ_kr + δ)/(mean_r ρ_kr + δ) with δ = AGREEMENT_FLOOR
+        (mean 1 over the factors: the overall shrinkage stays the one λ₁ sets, and is moved from the factors the
+        task's views agree on to those they do not; all factors equally consistent gives the plain LASSO, ω = 1).
+        ``image_tasks`` [n]: each image's task in [0, ``n_tasks``) (None: one task).
+        """
+        if not self.cfg.view_agreement:
+            return None
+        if z_views.dim() != 3 or z_views.shape[1] < 2:
+            raise ValueError("plugin.view_agreement needs at least 2 views of each image as [images, views, d], got "
+                             f"shape {tuple(z_views.shape)}")
+        n_images, n_views = z_views.shape[0], z_views.shape[1]
+        coords = z_views.detach() @ basis.detach()                                      # [n, v, n_f]
+        agreeing = coords.sum(1).square() - coords.square().sum(1)                     # Σ_{v≠w} c_v c_w [n, n_f]
+        energy = (n_views - 1) * coords.square().sum(1)                                 # [n, n_f]
+        if image_tasks is None:
+            image_tasks = torch.zeros(n_images, dtype=torch.long, device=coords.device)
+        membership = F.one_hot(image_tasks, n_tasks).to(coords.dtype)                   # [n, K]
+        agreement = (membership.T @ agreeing) / (membership.T @ energy).clamp_min(torch.finfo(coords.dtype).tiny)
+        agreement = agreement.clamp(AGREEMENT_FLOOR, 1.0)                                # [K, n_f]
+        noise_to_signal = (1 - agreement) / agreement
+        return (noise_to_signal + AGREEMENT_FLOOR) / (noise_to_signal.mean(1, keepdim=True) + AGREEMENT_FLOOR)
+
+    def view_penalty(self, z_views: torch.Tensor, basis: torch.Tensor, image_tasks: torch.Tensor | None = None,
+                     n_tasks: int = 1) -> torch.Tensor | None:
+        """ω of every row of ``z_views`` [n, v, d] (image-major: [n·v, n_f]), from :meth:`factor_penalty`."""
+        omega = self.factor_penalty(z_views, basis, image_tasks, n_tasks)
+        if omega is None:
+            return None
+        if image_tasks is None:
+            return omega.expand(z_views.shape[0] * z_views.shape[1], -1)
+        return omega[image_tasks].repeat_interleave(z_views.shape[1], dim=0)
 
     def set_l1(self, z_rows: torch.Tensor, basis: torch.Tensor) -> None:
         """λ₁ for this batch (``plugin.l1_scale``) and the shrink threshold t₀ = λ₁/2 (the LASSO optimum for
@@ -182,23 +241,24 @@ class Calibrator(nn.Module):
         return functional_call(self.factor_net, sub_params(phi, "factor_net"), (stats,))
 
     def weights(self, z: torch.Tensor, basis: torch.Tensor, phi: Params | None = None,
-                context: torch.Tensor | None = None) -> torch.Tensor:
-        """W = f_w(z, V) [R, n_f] (``context``: the task context of each row, when f_w reads one)."""
+                context: torch.Tensor | None = None, penalty: torch.Tensor | None = None) -> torch.Tensor:
+        """W = f_w(z, V) [R, n_f] (``context``: the task context of each row, when f_w reads one; ``penalty``: ω of
+        each row, :meth:`view_penalty`)."""
         if phi is None:
-            return self.weight_net(z, basis, context)
-        return functional_call(self.weight_net, sub_params(phi, "weight_net"), (z, basis, context))
+            return self.weight_net(z, basis, context, penalty)
+        return functional_call(self.weight_net, sub_params(phi, "weight_net"), (z, basis, context, penalty))
 
     def calibrate(self, z: torch.Tensor, basis: torch.Tensor, phi: Params | None = None,
-                  context: torch.Tensor | None = None) -> torch.Tensor:
+                  context: torch.Tensor | None = None, penalty: torch.Tensor | None = None) -> torch.Tensor:
         """ẑ = f_w(z) Vᵀ: the calibrated representation (the paper's answer to its question (iii))."""
-        return self.weights(z, basis, phi, context) @ basis.T
+        return self.weights(z, basis, phi, context, penalty) @ basis.T
 
     def loss_tc2(self, zf: torch.Tensor, basis: torch.Tensor, rows: torch.Tensor, phi: Params | None,
-                 lv_rows: torch.Tensor | None = None,
-                 context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 lv_rows: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                 penalty: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(L_tc², L_v, L_w): L_v on all rows (Eq. 1), or on ``lv_rows`` when given (token subsample), L_w on
-        ``rows`` (Eq. 2; ``context`` [R, d]: the task context of every row of ``zf``), L_tc² = L_v + λ_s·L_w
-        (Eq. 3)."""
+        ``rows`` (Eq. 2; ``context`` [R, d]: the task context of every row of ``zf``; ``penalty`` [R, n_f]: ω of every
+        row, the weighted LASSO of ``plugin.view_agreement``), L_tc² = L_v + λ_s·L_w (Eq. 3)."""
         p = self.cfg
         zero = zf.new_zeros(())
         z_lv = zf if lv_rows is None else zf[lv_rows]
@@ -207,8 +267,9 @@ class Calibrator(nn.Module):
         if p.use_loss_w:
             basis_w = basis.detach() if p.detach_v_in_lw else basis  # "V is a pre-given matrix" (D-TC-05)
             z_rows = zf[rows]
-            weights = self.weights(z_rows, basis_w, phi, None if context is None else context[rows])
-            lw = loss_w(z_rows, weights, basis_w, l1_coef=self.l1_value, reduction=p.reduction)
+            penalty_rows = None if penalty is None else penalty[rows]
+            weights = self.weights(z_rows, basis_w, phi, None if context is None else context[rows], penalty_rows)
+            lw = loss_w(z_rows, weights, basis_w, l1_coef=self.l1_value, reduction=p.reduction, penalty=penalty_rows)
         return loss_tc2(lv, lw, p.lam_s), lv, lw                                    # Eq. (3)
 
     # ------------------------------------------------------------------ stage 1 (Eqs. 4-5)
@@ -296,21 +357,26 @@ class Calibrator(nn.Module):
         z_all, d = batch.z_all, batch.z_all.shape[-1]
         basis = self.factors(batch.stats, phi)
         support_only = which == "support" and self.bilevel   # the bi-level support objective reads no query rows
+        image_tasks, n_tasks = batch.row_tasks.view(z_all.shape[0], -1)[:, 0], batch.split.n_tasks
         if support_only:
             images = torch.arange(z_all.shape[0], device=z_all.device)[:, None]
             z_support = z_all[images, batch.split.support_idx]                     # [N, m', (T,) d], batch order
             context = None
             if batch.context is not None:
                 context = batch.context.view(z_all.shape)[images, batch.split.support_idx].reshape(-1, d)
-            z_hat = self.calibrated(z_support.reshape(-1, d), basis, phi, context).view(z_support.shape)
+            omega = self.factor_penalty(z_support, basis, image_tasks, n_tasks)    # from the support views only
+            penalty = None if omega is None else omega[image_tasks].repeat_interleave(z_support.shape[1], dim=0)
+            z_hat = self.calibrated(z_support.reshape(-1, d), basis, phi, context, penalty).view(z_support.shape)
         else:            # calibration is row-wise: ONE f_w call over the rows of all K tasks
-            z_hat = self.calibrated(batch.rows, basis, phi, batch.context).view(z_all.shape)   # [N, m, (T,) d]
+            omega = self.factor_penalty(z_all, basis, image_tasks, n_tasks)
+            penalty = None if omega is None else omega[batch.row_tasks]
+            z_hat = self.calibrated(batch.rows, basis, phi, batch.context, penalty).view(z_all.shape)  # [N, m, (T,) d]
         calibration = Calibration(self, basis, phi)
         tasks = [None] if self.tasks_in_one_loss_call else range(batch.split.n_tasks)
         losses = [self._task_loss(task, z_hat, support_only, batch, calibration) for task in tasks]
         ssl = torch.stack(losses).mean()                                            # (1/K)Σ_k in Eqs. 4-5
         tc2, lv, lw = self.loss_tc2(batch.rows, basis, batch.lw_rows[which], phi, lv_rows=batch.stat_rows,
-                                    context=batch.context)
+                                    context=batch.context, penalty=None if omega is None else omega[batch.row_tasks])
         return self.cfg.stage1_ssl_weight * ssl + tc2, (ssl.detach(), lv.detach(), lw.detach())
 
     def objective_value(self, phi: Params, batch: Stage1Batch, which: str) -> torch.Tensor:
@@ -359,7 +425,14 @@ class Calibrator(nn.Module):
         """The calibration's health metrics (``tc2ssl.tc2.health``) for V = ``basis`` on rows ``zf``."""
         with torch.no_grad():
             lv = loss_v(basis, zf, reduction=self.cfg.reduction)
-            health = health_metrics(basis, zf, self.weight_net, zf, lv, self.n_factors, self.cfg.reduction)
+            penalty = None
+            if self.cfg.view_agreement and self.last_row_tasks is not None and \
+                    self.last_row_tasks.shape[0] == zf.shape[0]:
+                image_tasks = self.last_row_tasks.view(-1, self.last_rows_per_image)[:, 0]
+                penalty = self.view_penalty(zf.view(image_tasks.shape[0], self.last_rows_per_image, -1), basis,
+                                            image_tasks, self.last_n_tasks)
+            health = health_metrics(basis, zf, self.weight_net, zf, lv, self.n_factors, self.cfg.reduction,
+                                    penalty=penalty)
             moment = zf.float().T @ zf.float() / zf.shape[0]                       # this batch's Z_fᵀZ_f / R
             pooled_moment = moment if self.pooled_moment is None else self.pooled_moment.to(moment)
             pooled = torch.linalg.eigh(pooled_moment).eigenvectors[:, -self.n_factors:]   # fitted on past batches
@@ -368,7 +441,8 @@ class Calibrator(nn.Module):
                 POOLED_DECAY * pooled_moment + (1 - POOLED_DECAY) * moment
             if self.last_row_tasks is not None and self.weight_net.mode != "free" and \
                     self.last_row_tasks.shape[0] == zf.shape[0]:
-                gates = self.weight_net.gates(zf, basis, self.context(zf, self.last_row_tasks, self.last_n_tasks))
+                gates = self.weight_net.gates(zf, basis, self.context(zf, self.last_row_tasks, self.last_n_tasks),
+                                              penalty)
                 health["gate_selectivity"] = gate_selectivity(gates, self.last_row_tasks, self.last_n_tasks,
                                                               torch.Generator().manual_seed(SELECTIVITY_SEED),
                                                               rows_per_image=self.last_rows_per_image)

@@ -38,7 +38,8 @@ ZERO_WEIGHT_FRACTION = 1e-3    # free mode: |W| below this fraction of max|W| co
 
 
 def health_metrics(basis: torch.Tensor, zf: torch.Tensor, weight_net: WeightNet, z_rows: torch.Tensor,
-                   lv_value: torch.Tensor, n_factors: int, reduction: str = "mean") -> dict[str, torch.Tensor]:
+                   lv_value: torch.Tensor, n_factors: int, reduction: str = "mean",
+                   penalty: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Guard metrics of one batch, as 0-dim tensors.
 
     Args:
@@ -49,6 +50,7 @@ def health_metrics(basis: torch.Tensor, zf: torch.Tensor, weight_net: WeightNet,
         lv_value: L_v(V, Z_f) under ``reduction``.
         n_factors: n_f.
         reduction: the reduction of ``lv_value``.
+        penalty: ω [R', n_f] of ``plugin.view_agreement`` for the rows of ``z_rows`` (None: off).
 
     Returns ``orth_error`` ‖VᵀV − I‖_F; ``lv_ratio`` L_v / min L_v (1 at the optimum; ε-regularised so that a zero
     optimum, e.g. n_f = d, does not divide by zero); ``gate_sparsity`` the fraction of gates < 0.1 (gated) or of
@@ -62,10 +64,10 @@ def health_metrics(basis: torch.Tensor, zf: torch.Tensor, weight_net: WeightNet,
         energy = zf.float().square().sum() / (zf.shape[0] if reduction == "mean" else 1)
         eps = 1e-6 * energy + torch.finfo(torch.float32).tiny
         context = None if not weight_net.task_context else z_rows.mean(0, keepdim=True).expand_as(z_rows)
-        weights = weight_net(z_rows, basis, context)
+        weights = weight_net(z_rows, basis, context, penalty)
         gate_std = None
         if weight_net.mode != "free":
-            gates = weight_net.gates(z_rows, basis, context)
+            gates = weight_net.gates(z_rows, basis, context, penalty)
             sparsity = (gates < CLOSED_GATE).float().mean()
             gate_std = gates.std()
         else:

@@ -93,7 +93,7 @@ def loss_v_optimum(zf: torch.Tensor, n_factors: int, reduction: str = "mean") ->
 
 
 def loss_w(z: torch.Tensor, weights: torch.Tensor, basis: torch.Tensor, l1_coef: float = 0.05,
-           reduction: str = "mean") -> torch.Tensor:
+           reduction: str = "mean", penalty: torch.Tensor | None = None) -> torch.Tensor:
     """L_w = (1/|J|) Σ_j [‖z_j − W_j Vᵀ‖²₂ + λ₁‖W_j‖₁] (Eq. 2 with ``reduction="mean"``, D-TC-04; no 1/|J| for "sum").
 
     Args:
@@ -102,6 +102,8 @@ def loss_w(z: torch.Tensor, weights: torch.Tensor, basis: torch.Tensor, l1_coef:
             "pre-given" (D-TC-05); this function only evaluates the formula.
         basis: V [d, n_f].
         l1_coef: λ₁ (D-TC-04: 0.05 for ℓ2-normalised z; the literal value is 1).
+        penalty: ω [R, n_f] ≥ 0, per-row, per-factor weights of the ℓ1 term (a weighted LASSO: λ₁ Σ_r ω_r|W_r|;
+            ``plugin.view_agreement``); None = 1.
     """
     _check_reduction(reduction)
     _check_positive("l1_coef", l1_coef, allow_zero=True)
@@ -110,9 +112,12 @@ def loss_w(z: torch.Tensor, weights: torch.Tensor, basis: torch.Tensor, l1_coef:
     _check_basis(basis, z.shape[1])
     if weights.shape != (z.shape[0], basis.shape[1]):
         raise ValueError(f"W must be [R, n_f] = [{z.shape[0]}, {basis.shape[1]}], got shape {tuple(weights.shape)}")
+    if penalty is not None and penalty.shape != weights.shape:
+        raise ValueError(f"penalty must be [R, n_f] like W = {tuple(weights.shape)}, got shape {tuple(penalty.shape)}")
     with float32_region(z.device):
         z, weights, basis = _at_least_float32(z, weights, basis)
-        per_row = (z - weights @ basis.T).square().sum(-1) + l1_coef * weights.abs().sum(-1)  # Eq. (2) summand
+        magnitude = weights.abs() if penalty is None else penalty.to(weights.dtype) * weights.abs()
+        per_row = (z - weights @ basis.T).square().sum(-1) + l1_coef * magnitude.sum(-1)  # Eq. (2) summand
         return per_row.mean() if reduction == "mean" else per_row.sum()
 
 

@@ -16,6 +16,11 @@ Modes:
 * ``"free"``: W = MLP(z), the literal f_w(z_j) of the paper (input z only).
 
 ``task_context=True`` appends the task mean z̄_k of each row's task to the MLP input (D-TC-03).
+
+``penalty`` (shrink mode, ``plugin.view_agreement``): a per-row, per-factor weight ω ≥ 0 of the ℓ1 term, so that
+Eq. 2 becomes a weighted LASSO Σ_r ω_r λ₁|W_r| whose optimum for orthonormal V is the soft threshold at ω_r λ₁/2;
+the threshold becomes t = ω·t₀·exp(MLP[...]). The calibrator sets ω from how consistent each factor is across the
+views of the task's images (:meth:`tc2ssl.tc2.calibrator.Calibrator.view_penalty`).
 """
 from __future__ import annotations
 
@@ -79,29 +84,45 @@ class WeightNet(nn.Module):
         parts = [z] + ([coords] if coords is not None else []) + ([context] if context is not None else [])
         return torch.cat(parts, dim=-1) if len(parts) > 1 else z
 
-    def gates(self, z: torch.Tensor, basis: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def _check_penalty(self, z: torch.Tensor, penalty: torch.Tensor | None) -> None:
+        if penalty is None:
+            return
+        if self.mode != "shrink":
+            raise ValueError(f"a per-factor penalty needs weight_mode='shrink'; this WeightNet is {self.mode!r}")
+        if penalty.shape != (z.shape[0], self.n_factors):
+            raise ValueError(f"penalty must be [R, n_f] = [{z.shape[0]}, {self.n_factors}], got shape "
+                             f"{tuple(penalty.shape)}")
+
+    def gates(self, z: torch.Tensor, basis: torch.Tensor, context: torch.Tensor | None = None,
+              penalty: torch.Tensor | None = None) -> torch.Tensor:
         """The gates W/c [R, n_f]: σ(MLP[z, zV]) in (0, 1) (gated) or max(0, 1 − t/|c|) in [0, 1] (shrink)."""
         if self.mode == "free":
             raise ValueError(f"gates exist only in weight_mode='gated' or 'shrink'; this WeightNet is {self.mode!r}")
         self._check(z, basis, context)
+        self._check_penalty(z, penalty)
         coords = z @ basis
         if self.mode == "shrink":
-            return torch.relu(1 - self.thresholds(z, coords, context) / coords.abs().clamp_min(1e-12))
+            return torch.relu(1 - self.thresholds(z, coords, context, penalty) / coords.abs().clamp_min(1e-12))
         return torch.sigmoid(self.mlp(self._mlp_input(z, coords, context)))
 
-    def thresholds(self, z: torch.Tensor, coords: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        """t = t₀·exp(MLP[z, c(, context)]) [R, n_f] of shrink mode."""
+    def thresholds(self, z: torch.Tensor, coords: torch.Tensor, context: torch.Tensor | None,
+                   penalty: torch.Tensor | None = None) -> torch.Tensor:
+        """t = ω·t₀·exp(MLP[z, c(, context)]) [R, n_f] of shrink mode (ω = 1 without a penalty)."""
         log_multiplier = self.mlp(self._mlp_input(z, coords, context)).clamp(-MAX_LOG_THRESHOLD, MAX_LOG_THRESHOLD)
-        return self.threshold_scale * log_multiplier.exp()
+        thresholds = self.threshold_scale * log_multiplier.exp()
+        return thresholds if penalty is None else penalty * thresholds
 
-    def forward(self, z: torch.Tensor, basis: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """W = f_w(z) [R, n_f] for z [R, d] and the factor basis V = ``basis`` [d, n_f]."""
+    def forward(self, z: torch.Tensor, basis: torch.Tensor, context: torch.Tensor | None = None,
+                penalty: torch.Tensor | None = None) -> torch.Tensor:
+        """W = f_w(z) [R, n_f] for z [R, d] and the factor basis V = ``basis`` [d, n_f] (``penalty`` ω [R, n_f]:
+        the weights of the weighted LASSO, shrink mode only)."""
         self._check(z, basis, context)
+        self._check_penalty(z, penalty)
         if self.mode == "free":
             return self.mlp(self._mlp_input(z, None, context))
         coords = z @ basis                                              # c = zV [R, n_f]
         if self.mode == "shrink":                                       # soft threshold: the LASSO form of Eq. 2
-            return coords.sign() * torch.relu(coords.abs() - self.thresholds(z, coords, context))
+            return coords.sign() * torch.relu(coords.abs() - self.thresholds(z, coords, context, penalty))
         return torch.sigmoid(self.mlp(self._mlp_input(z, coords, context))) * coords
 
 
