@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from tc2ssl.benchmarks.stats import paired_difference, summarize
+from tc2ssl.eval.protocols import fewshot_setting_label
 
 
 def scores(protocol: str, result: dict) -> dict[str, float]:
@@ -25,7 +26,7 @@ def scores(protocol: str, result: dict) -> dict[str, float]:
                 if "way_" not in setting:
                     continue
                 for head, score in heads.items():
-                    flat[f"{scope}, {setting.replace('way_', '-way ').replace('shot', '-shot')}, {head}"] = \
+                    flat[f"{scope}, {fewshot_setting_label(setting)}, {head}"] = \
                         score["mean"]
         return flat
     if protocol == "semisup":

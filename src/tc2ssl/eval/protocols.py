@@ -110,11 +110,16 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100.0 * value:.2f}"
 
 
+def fewshot_setting_label(setting: str) -> str:
+    """``"5way_1shot"`` -> ``"5-way 1-shot"``: how a few-shot setting key is shown in tables."""
+    return setting.replace('way_', '-way ').replace('shot', '-shot')
+
+
 def _fewshot_rows(model: str, scope: str, settings: dict) -> list[str]:
     rows = []
     for setting, heads in settings.items():
         for head, score in heads.items():
-            rows.append(f"| {model} | {scope} | {setting.replace('way_', '-way ').replace('shot', '-shot')} | {head} "
+            rows.append(f"| {model} | {scope} | {fewshot_setting_label(setting)} | {head} "
                         f"| {_pct(score['mean'])} ± {_pct(score['ci95'])} | {score['episodes']} |")
     return rows
 
