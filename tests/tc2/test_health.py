@@ -145,3 +145,28 @@ def test_gate_selectivity_shuffles_whole_images_so_view_correlated_gates_score_o
     by_row = [gate_selectivity(gates, row_tasks, 4, torch.Generator().manual_seed(s)).item() for s in range(20)]
     assert 0.5 < sum(by_image) / 20 < 1.6
     assert sum(by_row) / 20 > 2.5
+
+
+def test_gate_selectivity_recomputes_grouping_dependent_gates_for_its_chance_level():
+    """Gates that are a statistic of the row's group (like view agreement's per-task ω) differ between any two
+    random groups by estimation noise alone. Scored against fixed gates the ratio is far above 1; with
+    ``gates_of`` (the gates recomputed under each random grouping) random tasks score about 1."""
+    generator = torch.Generator().manual_seed(0)
+    n_images, rows_per_image, n_tasks, n_factors = 256, 2, 4, 8
+    per_image = torch.rand(n_images, n_factors, generator=generator)                   # any per-image quantity
+
+    def gates_of(row_tasks: torch.Tensor) -> torch.Tensor:                            # the group mean of it
+        image_tasks = row_tasks.view(-1, rows_per_image)[:, 0]
+        membership = torch.nn.functional.one_hot(image_tasks, n_tasks).float()
+        group_means = membership.T @ per_image / membership.sum(0)[:, None]
+        return group_means[image_tasks].repeat_interleave(rows_per_image, dim=0)
+
+    row_tasks = torch.randperm(n_images, generator=generator).remainder(n_tasks).repeat_interleave(rows_per_image)
+    gates = gates_of(row_tasks)
+    fixed = gate_selectivity(gates, row_tasks, n_tasks, torch.Generator().manual_seed(1), rows_per_image)
+    regrouped = [float(gate_selectivity(gates_of(tasks), tasks, n_tasks, torch.Generator().manual_seed(1),
+                                        rows_per_image, gates_of=gates_of))
+                 for tasks in (torch.randperm(n_images, generator=generator).remainder(n_tasks)
+                               .repeat_interleave(rows_per_image) for _ in range(20))]
+    assert float(fixed) > 10
+    assert 0.6 < sum(regrouped) / len(regrouped) < 1.6, regrouped

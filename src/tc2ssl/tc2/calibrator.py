@@ -425,12 +425,8 @@ class Calibrator(nn.Module):
         """The calibration's health metrics (``tc2ssl.tc2.health``) for V = ``basis`` on rows ``zf``."""
         with torch.no_grad():
             lv = loss_v(basis, zf, reduction=self.cfg.reduction)
-            penalty = None
-            if self.cfg.view_agreement and self.last_row_tasks is not None and \
-                    self.last_row_tasks.shape[0] == zf.shape[0]:
-                image_tasks = self.last_row_tasks.view(-1, self.last_rows_per_image)[:, 0]
-                penalty = self.view_penalty(zf.view(image_tasks.shape[0], self.last_rows_per_image, -1), basis,
-                                            image_tasks, self.last_n_tasks)
+            grouped = self.last_row_tasks is not None and self.last_row_tasks.shape[0] == zf.shape[0]
+            penalty = self._row_penalty(zf, basis, self.last_row_tasks) if grouped else None
             health = health_metrics(basis, zf, self.weight_net, zf, lv, self.n_factors, self.cfg.reduction,
                                     penalty=penalty)
             moment = zf.float().T @ zf.float() / zf.shape[0]                       # this batch's Z_fᵀZ_f / R
@@ -439,14 +435,25 @@ class Calibrator(nn.Module):
             health |= subspace_metrics(basis, zf, pooled)
             self.pooled_moment = moment if self.pooled_moment is None else \
                 POOLED_DECAY * pooled_moment + (1 - POOLED_DECAY) * moment
-            if self.last_row_tasks is not None and self.weight_net.mode != "free" and \
-                    self.last_row_tasks.shape[0] == zf.shape[0]:
-                gates = self.weight_net.gates(zf, basis, self.context(zf, self.last_row_tasks, self.last_n_tasks),
-                                              penalty)
-                health["gate_selectivity"] = gate_selectivity(gates, self.last_row_tasks, self.last_n_tasks,
+            if grouped and self.weight_net.mode != "free":
+                def gates_of(row_tasks: torch.Tensor) -> torch.Tensor:     # the gates under a grouping of the rows
+                    return self.weight_net.gates(zf, basis, self.context(zf, row_tasks, self.last_n_tasks),
+                                                 self._row_penalty(zf, basis, row_tasks))
+
+                health["gate_selectivity"] = gate_selectivity(gates_of(self.last_row_tasks), self.last_row_tasks,
+                                                              self.last_n_tasks,
                                                               torch.Generator().manual_seed(SELECTIVITY_SEED),
-                                                              rows_per_image=self.last_rows_per_image)
+                                                              rows_per_image=self.last_rows_per_image,
+                                                              gates_of=gates_of)
         return {f"tc2/{k}": v for k, v in health.items()}
+
+    def _row_penalty(self, zf: torch.Tensor, basis: torch.Tensor, row_tasks: torch.Tensor) -> torch.Tensor | None:
+        """ω of the statistic rows ``zf`` (image-major, ``last_rows_per_image`` views each) grouped by ``row_tasks``."""
+        if not self.cfg.view_agreement:
+            return None
+        image_tasks = row_tasks.view(-1, self.last_rows_per_image)[:, 0]
+        return self.view_penalty(zf.view(image_tasks.shape[0], self.last_rows_per_image, -1), basis, image_tasks,
+                                 self.last_n_tasks)
 
     def extra_state(self) -> dict:
         state = {"factor_base_initialised": self.factor_base_initialised}

@@ -17,6 +17,8 @@
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import math
 
 import torch
@@ -112,7 +114,8 @@ def subspace_metrics(basis: torch.Tensor, zf: torch.Tensor, pooled: torch.Tensor
 
 
 def gate_selectivity(gates: torch.Tensor, row_tasks: torch.Tensor, n_tasks: int,
-                     generator: torch.Generator, rows_per_image: int = 1) -> torch.Tensor:
+                     generator: torch.Generator, rows_per_image: int = 1,
+                     gates_of: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Var over tasks of the per-task mean gates, divided by the same for random groups of the same sizes (mean
     over factors; the random groups: the mean of 16 shuffles of the images' task labels): about 1 when the gates do
     not depend on the task, > 1 when tasks keep different factors.
@@ -121,21 +124,27 @@ def gate_selectivity(gates: torch.Tensor, row_tasks: torch.Tensor, n_tasks: int,
     a task, and their gates are correlated, so shuffling single rows would understate the chance level (measured:
     a ratio of 1.8-2.7 for random tasks on colored_mnist with row shuffles).
 
+    When the gates themselves depend on the grouping (a per-task statistic such as ``plugin.view_agreement``'s ω,
+    or the task context), pass ``gates_of``: the gates of every row under another grouping (row labels [R] ->
+    [R, n_f]); each random grouping then recomputes the gates, so a statistic that merely differs between any two
+    groups of images (estimation noise) scores about 1, not above.
+
     Args:
         gates: [R, n_f]; row_tasks: the task of each row [R] (0..K-1 with K = ``n_tasks``, every task non-empty),
         image-major: rows i·r .. i·r + r − 1 are image i's.
     """
 
-    def between_task_variance(labels: torch.Tensor) -> torch.Tensor:
-        membership = torch.nn.functional.one_hot(labels, n_tasks).to(gates.dtype)       # [R, K]
-        means = (membership.T @ gates) / membership.sum(0)[:, None]                      # [K, n_f]
+    def between_task_variance(group_gates: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        membership = torch.nn.functional.one_hot(labels, n_tasks).to(group_gates.dtype)  # [R, K]
+        means = (membership.T @ group_gates) / membership.sum(0)[:, None]                # [K, n_f]
         return means.var(dim=0, unbiased=False).mean()
 
     image_tasks = row_tasks.view(-1, rows_per_image)[:, 0]
     shuffles = [image_tasks[torch.randperm(image_tasks.shape[0], generator=generator).to(row_tasks.device)]
                 .repeat_interleave(rows_per_image) for _ in range(SELECTIVITY_SHUFFLES)]
-    reference = torch.stack([between_task_variance(labels) for labels in shuffles]).mean()
-    return between_task_variance(row_tasks) / reference.clamp_min(1e-12)
+    reference = torch.stack([between_task_variance(gates if gates_of is None else gates_of(labels), labels)
+                             for labels in shuffles]).mean()
+    return between_task_variance(gates, row_tasks) / reference.clamp_min(1e-12)
 
 
 def _finite_or_nan_sigma_min(basis: torch.Tensor) -> torch.Tensor:
