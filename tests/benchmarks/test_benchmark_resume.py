@@ -33,7 +33,16 @@ def finished_record(tmp_path, stored_overrides: list[str]) -> tuple[config_mod.R
 def test_a_finished_run_of_the_same_config_is_reused_without_training(tmp_path):
     run_cfg, record = finished_record(tmp_path, ["train.progress=false"])   # a resume-free key may differ
     ctx = SuiteContext({}, "cpu")
-    assert run_row(SUITES.get("colored_mnist"), Row("none", "none"), run_cfg, ctx) == record
+    assert run_row(SUITES.get("colored_mnist"), Row("none", "none"), run_cfg, ctx) == {**record, "universality": {}}
+
+
+def test_a_reused_run_from_before_sigma_was_recorded_gets_it_from_its_details(tmp_path):
+    run_cfg, record = finished_record(tmp_path, [])
+    stored = json.loads((Path(run_cfg.out) / "benchmark.json").read_text())
+    stored["details"] = {"universality": {"sigma_task": 0.25, "U_task": 0.78}}
+    (Path(run_cfg.out) / "benchmark.json").write_text(json.dumps(stored))
+    reused = run_row(SUITES.get("colored_mnist"), Row("none", "none"), run_cfg, SuiteContext({}, "cpu"))
+    assert reused["universality"] == {"sigma_task": 0.25, "U_task": 0.78}
 
 
 def test_a_finished_run_of_another_config_is_refused_naming_the_difference(tmp_path):

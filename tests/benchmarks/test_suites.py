@@ -2,6 +2,8 @@
 preset end to end on the real data (skipped without ../shared/data)."""
 import dataclasses
 import json
+import statistics
+import math
 
 import pytest
 import torch
@@ -94,6 +96,31 @@ def test_summary_pairs_rows_by_seed_and_the_table_shows_it():
     assert "| tc2 | none | +2.00 [+1.75, +2.25] | +2.00 [+1.75, +2.25] |" in table
 
 
+def test_universality_is_the_mean_over_a_runs_probes_and_is_paired_by_seed():
+    """σ_task per run = the mean of its probes' σ (two targets here); the row's Δσ is paired by seed."""
+    from tc2ssl.benchmarks.suites import universality_of
+
+    details = {"usps": {"linear_probe": {}, "universality": {"sigma_task": 0.2, "U_task": 0.8}},
+               "mnistm": {"universality": {"sigma_task": 0.4, "U_task": 0.6}}, "other": {"sigma_task": 9.0}}
+    assert universality_of(details) == pytest.approx({"sigma_task": 0.3, "U_task": 0.7})
+    assert universality_of({"linear_probe": {"accuracy": 0.5}}) == {}
+    suite = SUITES.get("cifar10_subset")
+    base = config_mod.load_config((), ["data.name=cifar10_subset"])
+    sigmas = {"none": [0.50, 0.70, 0.60], "gessl": [0.45, 0.66, 0.54]}         # gessl − none: −0.05, −0.04, −0.06
+    runs = {label: {str(seed): {"metrics": {"linear_probe": 0.5, "knn": 0.4}, "seconds": 1.0, "run_dirs": [],
+                                "conflict": {}, "universality": {"sigma_task": v, "U_task": math.exp(-v)}}
+                    for seed, v in enumerate(vs)} for label, vs in sigmas.items()}
+    result = summarize_runs(suite, get_preset("cpu"), base, [Row("none", "none"), Row("gessl", "gessl")], [0, 1, 2],
+                            {"max_test": 0}, runs)
+    assert result["universality"]["gessl"]["sigma_task"]["mean"] == pytest.approx(0.55)
+    paired = result["paired_universality"]["gessl"]["sigma_task"]
+    # d = −0.05, −0.04, −0.06: mean −0.05, s_d = 0.01, half-width t_{0.975,2}·0.01/√3 = 4.303·0.00577 = 0.02484
+    assert paired["mean"] == pytest.approx(-0.05) and paired["ci_high"] == pytest.approx(-0.05 + 0.02484, abs=1e-4)
+    result["plots"] = []
+    table = results_markdown(suite, result)
+    assert "| gessl | 0.5500 ± 0.1054 | " in table and "| -0.0500 [-0.0748, -0.0252] |" in table
+
+
 # ------------------------------------------------------------------------------------------- smoke, real data
 EXPECTED_KEYS = {"suite", "title", "protocol", "preset", "metrics", "primary", "baseline", "rows", "seeds",
                  "options", "config", "runs", "summary", "paired", "conflict_vs_primary", "plots", "checks"}
@@ -150,6 +177,11 @@ def test_pacs_smoke(shared_data, tmp_path):
     result = smoke("pacs", tmp_path / "pacs")
     details = json.loads((tmp_path / "pacs" / "tc2_seed0" / "benchmark.json").read_text())["details"]
     assert details["lodo_art_painting"]["n_val"] > 0 and details["photo"]["n_test"] == 171  # photo's crossval
+    assert 0 < details["photo"]["universality"]["sigma_task"] < 10 and "probabilities" not in details["photo"]
+    sigma = statistics.fmean(details[d]["universality"]["sigma_task"] for d in ("photo", "art_painting", "cartoon",
+                                                                              "sketch"))
+    assert result["runs"]["tc2"]["0"]["universality"]["sigma_task"] == pytest.approx(sigma)
+    assert "## Universality" in (tmp_path / "pacs" / "results.md").read_text()
     assert result["config"]["data"]["domains"] == ["photo", "sketch", "cartoon"]
 
 

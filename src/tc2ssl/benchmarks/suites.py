@@ -258,6 +258,7 @@ def pacs(cfg: config_mod.RunConfig, ctx: SuiteContext) -> RunOutcome:
     each test set."""
     from tc2ssl.eval.features import extract_features
     from tc2ssl.eval.linear_probe import linear_probe
+    from tc2ssl.gessl.sigma import sigma_task
 
     data = load_data(cfg.data)
     backbone, run_dir = pretrain_backbone(cfg, data, ctx)
@@ -273,8 +274,11 @@ def pacs(cfg: config_mod.RunConfig, ctx: SuiteContext) -> RunOutcome:
     details: dict[str, dict] = {}
     for domain in PACS_DOMAINS:
         train, test = f"{domain}_train", f"{domain}_crossval"
-        details[domain] = linear_probe(features[train], labels[train], features[test], labels[test], ev.probe_cs,
-                                       val_fraction=ev.val_fraction, max_iter=ev.probe_max_iter, seed=cfg.seed)
+        probe = linear_probe(features[train], labels[train], features[test], labels[test], ev.probe_cs,
+                             val_fraction=ev.val_fraction, max_iter=ev.probe_max_iter, seed=cfg.seed,
+                             return_probabilities=True)
+        task_sigma = sigma_task(probe.pop("probabilities"), labels[test], probe.pop("classes"))
+        details[domain] = {**probe, "universality": {"sigma_task": task_sigma["sigma"], "U_task": task_sigma["U"]}}
         others = [d for d in PACS_DOMAINS if d != domain]
         train_x, train_y, val_x, val_y = (torch.cat([table[f"{d}_{split}"] for d in others])
                                           for split in ("train", "crossval") for table in (features, labels))
@@ -504,7 +508,9 @@ def run_row(suite: Suite, row: Row, run_cfg: config_mod.RunConfig, ctx: SuiteCon
                               f"another out=DIR or delete {run_cfg.out} to re-run it")
         print(f"benchmark {suite.name}: {row.label}, seed {run_cfg.seed}: reusing the finished run in {run_cfg.out}",
               file=sys.stderr)
-        return {key: stored[key] for key in RECORD_KEYS}
+        record = {key: stored[key] for key in RECORD_KEYS if key != "universality"}
+        record["universality"] = stored.get("universality") or universality_of(stored.get("details") or {})
+        return record
     print(f"benchmark {suite.name}: {row.label}, seed {run_cfg.seed} -> {run_cfg.out}", file=sys.stderr)
     start = time.perf_counter()
     ctx.untrained = row.untrained
@@ -516,13 +522,35 @@ def run_row(suite: Suite, row: Row, run_cfg: config_mod.RunConfig, ctx: SuiteCon
               "curve": {p.name: read_curve(p, run_cfg.train.batch_size) for p in outcome.run_dirs}}
     record["conflict"] = {name: [] if d is None else [c for c in d["cos_mean"] if c is not None]
                           for name, d in record["diagnostics"].items()}   # per-epoch mean cosines
+    record["universality"] = universality_of(outcome.details)
     atomic_write_text(Path(run_cfg.out) / "benchmark.json", json.dumps(_json_safe(
         {**record, "config": wanted, "details": outcome.details}), indent=2) + "\n")
     return record
 
 
 #: what results.json keeps of each run (benchmark.json adds the config and the full evaluation)
-RECORD_KEYS = ("metrics", "seconds", "run_dirs", "diagnostics", "curve", "conflict")
+RECORD_KEYS = ("metrics", "seconds", "run_dirs", "diagnostics", "curve", "conflict", "universality")
+#: GeSSL's σ measurements a run's evaluation may hold (lower σ, higher U = exp(−σ) is better)
+UNIVERSALITY_KEYS = ("sigma_task", "U_task", "sigma_ssl", "U_ssl")
+
+
+def universality_of(details: dict) -> dict[str, float]:
+    """The mean of every ``"universality"`` entry in a run's evaluation details (one per linear probe: a suite
+    with several probes, such as pacs's domains or digits_transfer's two targets, averages them), by key."""
+    found: dict[str, list[float]] = {}
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "universality" and isinstance(value, dict):
+                    for name in UNIVERSALITY_KEYS:
+                        if isinstance(value.get(name), (int, float)):
+                            found.setdefault(name, []).append(float(value[name]))
+                else:
+                    walk(value)
+
+    walk(details)
+    return {name: statistics.fmean(values) for name, values in found.items()}
 
 
 def run_benchmark(suite_name: str, preset_name: str = "cpu",
@@ -634,6 +662,19 @@ def summarize_runs(suite: Suite, preset: BenchmarkPreset, base: config_mod.RunCo
                                                        [runs[match.comparator][k]["metrics"][m] for k in keys],
                                                        CONFIDENCE).as_dict() for m in suite.metrics}
                       for match in matches or ()}
+    universality, paired_universality = {}, {}
+    for row in rows:
+        per_seed = [runs[row.label][k].get("universality") or {} for k in keys]
+        shared = [name for name in UNIVERSALITY_KEYS if all(name in u for u in per_seed)]
+        universality[row.label] = {name: summarize([u[name] for u in per_seed]).as_dict() for name in shared}
+    for row in rows:
+        if row.label != row.baseline and row.baseline in runs:
+            of_baseline = universality.get(row.baseline, {})
+            paired_universality[row.label] = {
+                name: paired_difference([runs[row.label][k]["universality"][name] for k in keys],
+                                        [runs[row.baseline][k]["universality"][name] for k in keys],
+                                        CONFIDENCE).as_dict()
+                for name in universality[row.label] if name in of_baseline}
     early, primary = [], []
     for by_seed in runs.values():
         for record in by_seed.values():
@@ -649,6 +690,7 @@ def summarize_runs(suite: Suite, preset: BenchmarkPreset, base: config_mod.RunCo
         "equal_compute": {match.row: match.as_dict() for match in matches or ()}, "paired_compute": paired_compute,
         "curves": {row.label: mean_curve([runs[row.label][k].get("curve", {}) for k in keys]) for row in rows},
         "conflict_vs_primary": {"spearman": spearman(early, primary) if early else math.nan, "n": len(early)},
+        "universality": universality, "paired_universality": paired_universality,
     }
 
 
@@ -709,6 +751,26 @@ def compute_markdown(result: dict) -> list[str]:
     return lines
 
 
+def universality_markdown(result: dict) -> list[str]:
+    """GeSSL's σ per row (σ_task: the linear probe's test cross-entropy in nats, averaged over the suite's probes;
+    U = exp(−σ)) and each row's paired difference in σ_task to its base (negative = more universal)."""
+    by_row = {label: u for label, u in (result.get("universality") or {}).items() if "sigma_task" in u}
+    if not by_row:
+        return []
+    paired = result.get("paired_universality") or {}
+    lines = ["", "## Universality (GeSSL's σ_task: the probe's test cross-entropy, nats, mean over the suite's "
+             "probes; U = exp(−σ); lower σ is better)", "",
+             f"| row | σ_task | U_task | Δσ_task against its base, mean [{CONFIDENCE:.0%} t-interval] |",
+             "|---|---|---|---|"]
+    for label, u in by_row.items():
+        difference = paired.get(label, {}).get("sigma_task")
+        cell = "" if difference is None else (f"{difference['mean']:+.4f} [{difference['ci_low']:+.4f}, "
+                                              f"{difference['ci_high']:+.4f}]")
+        lines.append(f"| {label} | {u['sigma_task']['mean']:.4f} ± {u['sigma_task']['std']:.4f} | "
+                     f"{u['U_task']['mean']:.4f} | {cell} |")
+    return lines
+
+
 def results_markdown(suite: Suite, result: dict) -> str:
     cfg = result["config"]
     metrics, n_seeds = result["metrics"], len(result["seeds"])
@@ -735,6 +797,7 @@ def results_markdown(suite: Suite, result: dict) -> str:
     else:
         lines += ["", f"(no `{BASELINE}` row: no paired differences)"]
     lines += compute_markdown(result)
+    lines += universality_markdown(result)
     conflict = result["conflict_vs_primary"]
     rho = conflict["spearman"]
     lines += ["", "## Conflict", "",
