@@ -3,7 +3,7 @@
 # of batch 256). Phase 1: MNIST -> USPS for GeSSL and UMM (SimCLR re-run as the paired base; UMM post hoc on the
 # SimCLR run for 3 epochs at lr 5e-4, beside the same 3 extra plain SimCLR epochs, its control). Phase 2: PACS
 # semi-supervised and fine-tuning for SimCLR, +T and TC². Phase 3: the same for GeSSL and UMM, and PACS few-shot
-# for SimCLR, GeSSL and UMM (PHASE3_SEEDS="0" bash ... runs one seed of it, so seeds can run side by side).
+# for SimCLR, GeSSL, UMM and UMM's control (3 more plain SimCLR epochs) (PHASE3_SEEDS="0" bash ... runs one seed of it, so seeds can run side by side).
 # Resumable: a step whose output exists is skipped (copy docs/figures/protocols/ into runs/protocols/ first to
 # skip evaluations whose results are committed). Outputs under runs/protocols/.
 set -euo pipefail
@@ -47,7 +47,8 @@ for seed in $(phase 3 "${PHASE3_SEEDS:-0 1 2}"); do               # phase 3: PAC
     evaluate $run eval_pacs_semisup.json semisup $SEMI
     evaluate $run eval_pacs_finetune.json finetune $SEMI
   done
-  for run in $P/none $P/gessl $P/none/posthoc_umm; do        # (SimCLR/+T/TC² few-shot on PACS: §12's runs)
+  posthoc $P/none none                                           # UMM's control: the same 3 plain SimCLR epochs
+  for run in $P/none $P/gessl $P/none/posthoc_umm $P/none/posthoc_none; do   # (SimCLR/+T/TC²: §12's runs)
     evaluate $run eval_pacs_fewshot.json fewshot eval.random_init_baseline=false
   done
 done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Finish docs/results.md §12.3 (GeSSL and UMM on PACS) after runs/ was cleared: re-make the seeds' pretrainings and
-# UMM post-hoc runs (deterministic on the CPU, so the committed evaluations' encoder hashes must match), put the
-# committed evaluations back beside them, then run phase 3 of protocols_gessl_umm.sh for the seeds given.
+# UMM post-hoc runs (deterministic on the CPU with one thread), put the committed evaluations back beside them,
+# check that one re-computed evaluation equals its committed file, then run phase 3 of protocols_gessl_umm.sh for
+# the seeds given (SEEDS="0 1 2").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${TC2SSL:-.venv/bin/tc2ssl}

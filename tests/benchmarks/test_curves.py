@@ -1,11 +1,14 @@
 """Time-to-accuracy curves: points joined with the epoch records, replayed epochs overwritten, per-row means."""
 import json
 
+import pytest
+
 import torch
 
 from tc2ssl import config as config_mod
-from tc2ssl.benchmarks.curves import CURVE_FILE, read_curve
-from tc2ssl.benchmarks.suites import SuiteContext, mean_curve, pretrain_backbone
+from tc2ssl.benchmarks.curves import CURVE_FILE, read_curve, time_to_reach
+from tc2ssl.benchmarks.suites import (Row, SuiteContext, baseline_time_to_accuracy, mean_curve, pretrain_backbone,
+                                      time_to_accuracy_markdown)
 from tc2ssl.data import load_data
 
 
@@ -46,3 +49,36 @@ def test_the_knn_hook_records_every_epoch_and_leaves_training_unchanged(tmp_path
     points = read_curve(run_dir, 32)
     assert [p["epoch"] for p in points] == [0, 1, 2, 3] and all(0.0 <= p["knn"] <= 1.0 for p in points)
     assert points[-1]["images"] == 3 * 3 * 32 and not (tmp_path / "b" / CURVE_FILE).exists()
+
+
+def curve(*points: tuple[float, float, float]) -> list[dict]:
+    return [{"epoch": e, "knn": k, "seconds": t, "images": 100 * e} for e, (k, t, _) in enumerate(points)]
+
+
+def test_time_to_reach_interpolates_the_first_crossing():
+    points = curve((0.1, 0.0, 0), (0.5, 10.0, 0), (0.7, 20.0, 0), (0.6, 30.0, 0), (0.9, 40.0, 0))
+    # 0.6 is crossed between 0.5 (10 s, 100 images) and 0.7 (20 s, 200 images): halfway
+    assert time_to_reach(points, 0.6) == {"seconds": 15.0, "images": 150.0}
+    assert time_to_reach(points, 0.7) == {"seconds": 20.0, "images": 200.0}    # a point that equals it
+    assert time_to_reach(points, 0.05) == {"seconds": 0.0, "images": 0.0}
+    assert time_to_reach(points, 0.95) is None
+
+
+def test_time_to_the_base_accuracy_is_paired_by_seed_and_counts_seeds_that_never_reach_it():
+    """Seed 0: the base ends at 0.8 after 40 s; the row passes 0.8 halfway between 10 s and 20 s. Seed 1: the
+    base ends at 0.9 (reached at 40 s); the row ends at 0.85, never."""
+    def record(points):
+        return {"curve": {"run": points}}
+
+    runs = {"none": {"0": record(curve((0.1, 0, 0), (0.5, 20, 0), (0.8, 40, 0))),
+                     "1": record(curve((0.1, 0, 0), (0.6, 20, 0), (0.9, 40, 0)))},
+            "gessl": {"0": record(curve((0.1, 0, 0), (0.7, 10, 0), (0.9, 20, 0))),
+                      "1": record(curve((0.1, 0, 0), (0.7, 30, 0), (0.85, 60, 0)))}}
+    times = baseline_time_to_accuracy([Row("none", "none"), Row("gessl", "gessl")], runs, ["0", "1"])
+    gessl = times["gessl"]
+    assert (gessl["reached"], gessl["seeds"]) == (1, 2)
+    assert gessl["row_seconds"] == pytest.approx(15.0) and gessl["base_seconds_of_reached"] == pytest.approx(40.0)
+    assert gessl["base_seconds"] == pytest.approx(40.0) and gessl["target_knn"] == pytest.approx(0.85)
+    assert "none" not in times
+    table = "\n".join(time_to_accuracy_markdown({"time_to_baseline": times}))
+    assert "| gessl | none | 85.00 | 87.50 | 1/2 | 40 (200) | 15 (150) | 40 |" in table

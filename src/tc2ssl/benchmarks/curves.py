@@ -105,3 +105,18 @@ def training_seconds(run_dir: Path) -> tuple[float, int]:
     """(cumulative training seconds, epochs) from the epoch records of ``run_dir/metrics.jsonl``."""
     records = epoch_records(run_dir)
     return sum(float(record["seconds"]) for record in records), len(records)
+
+
+def time_to_reach(curve: list[dict], target: float) -> dict | None:
+    """Where a time-to-accuracy curve (points ``{epoch, knn, seconds, images}`` in epoch order) first reaches kNN
+    accuracy ``target``: ``{"seconds", "images"}`` interpolated linearly between the two points around the crossing
+    (the point itself when one equals it), or None when no point reaches it."""
+    previous = None
+    for point in curve:
+        if point["knn"] >= target:
+            if previous is None or point["knn"] == previous["knn"]:
+                return {"seconds": float(point["seconds"]), "images": float(point["images"])}
+            share = (target - previous["knn"]) / (point["knn"] - previous["knn"])
+            return {key: float(previous[key] + share * (point[key] - previous[key])) for key in ("seconds", "images")}
+        previous = point
+    return None

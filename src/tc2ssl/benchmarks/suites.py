@@ -50,7 +50,7 @@ import yaml
 from tc2ssl import config as config_mod
 from tc2ssl.benchmarks.checks import checks_markdown, read_run_diagnostics, run_checks
 from tc2ssl.benchmarks.compute import match_compute
-from tc2ssl.benchmarks.curves import INIT_EPOCH, KnnCurve, read_curve, reset_curve
+from tc2ssl.benchmarks.curves import INIT_EPOCH, KnnCurve, read_curve, reset_curve, time_to_reach
 from tc2ssl.benchmarks.plots import plot_k_curve, plot_metric_bars, plot_time_to_accuracy
 from tc2ssl.benchmarks.presets import SUITE_OPTION_DEFAULTS, BenchmarkPreset, get_preset
 from tc2ssl.benchmarks.stats import paired_difference, spearman, summarize
@@ -675,6 +675,7 @@ def summarize_runs(suite: Suite, preset: BenchmarkPreset, base: config_mod.RunCo
                                         [runs[row.baseline][k]["universality"][name] for k in keys],
                                         CONFIDENCE).as_dict()
                 for name in universality[row.label] if name in of_baseline}
+    time_to_baseline = baseline_time_to_accuracy(rows, runs, keys)
     early, primary = [], []
     for by_seed in runs.values():
         for record in by_seed.values():
@@ -691,7 +692,43 @@ def summarize_runs(suite: Suite, preset: BenchmarkPreset, base: config_mod.RunCo
         "curves": {row.label: mean_curve([runs[row.label][k].get("curve", {}) for k in keys]) for row in rows},
         "conflict_vs_primary": {"spearman": spearman(early, primary) if early else math.nan, "n": len(early)},
         "universality": universality, "paired_universality": paired_universality,
+        "time_to_baseline": time_to_baseline,
     }
+
+
+def baseline_time_to_accuracy(rows: list[Row], runs: dict, keys: list[str]) -> dict:
+    """Per row with a time-to-accuracy curve and a base row that has one: per seed, the training seconds and
+    images at which the row's curve first reaches the base's final kNN accuracy of the same seed, against the
+    seconds and images at which the base itself first reaches it (:func:`tc2ssl.benchmarks.curves.time_to_reach`);
+    the seeds where the row never reaches it are counted, not averaged."""
+    out = {}
+    for row in rows:
+        if row.label == row.baseline or row.baseline not in runs:
+            continue
+        per_seed = []
+        for key in keys:
+            base_curve = mean_curve([runs[row.baseline][key].get("curve", {})])
+            row_curve = mean_curve([runs[row.label][key].get("curve", {})])
+            if not base_curve or not row_curve:
+                break
+            target = base_curve[-1]["knn"]
+            per_seed.append({"target": target, "base": time_to_reach(base_curve, target),
+                             "row": time_to_reach(row_curve, target), "row_final": row_curve[-1]["knn"]})
+        if len(per_seed) != len(keys) or not per_seed:
+            continue
+        reached = [s for s in per_seed if s["row"] is not None]
+        out[row.label] = {
+            "baseline": row.baseline, "seeds": len(per_seed), "reached": len(reached),
+            "target_knn": statistics.fmean(s["target"] for s in per_seed),
+            "row_final_knn": statistics.fmean(s["row_final"] for s in per_seed),
+            "base_seconds": statistics.fmean(s["base"]["seconds"] for s in per_seed),
+            "row_seconds": statistics.fmean(s["row"]["seconds"] for s in reached) if reached else None,
+            "base_seconds_of_reached": (statistics.fmean(s["base"]["seconds"] for s in reached) if reached
+                                        else None),
+            "base_images": statistics.fmean(s["base"]["images"] for s in per_seed),
+            "row_images": statistics.fmean(s["row"]["images"] for s in reached) if reached else None,
+        }
+    return out
 
 
 def mean_curve(curves: list[dict[str, list[dict]]]) -> list[dict]:
@@ -751,6 +788,26 @@ def compute_markdown(result: dict) -> list[str]:
     return lines
 
 
+def time_to_accuracy_markdown(result: dict) -> list[str]:
+    """The time each row's kNN curve needs to reach its base's final kNN accuracy (same seed), against the base."""
+    times = result.get("time_to_baseline") or {}
+    if not times:
+        return []
+    lines = ["", "## Time to the base's final accuracy (kNN curve, per seed: the first point at or above the base's "
+             "final kNN of that seed, interpolated; training seconds)", "",
+             "| row | base | base's final kNN % | row's final kNN % | seeds reaching it | base: seconds (images) | "
+             "row: seconds (images), over the seeds that reach it | base's seconds on those seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, t in times.items():
+        row_cell = ("never" if t["row_seconds"] is None
+                    else f"{t['row_seconds']:.0f} ({t['row_images']:.0f})")
+        base_of_reached = "" if t["base_seconds_of_reached"] is None else f"{t['base_seconds_of_reached']:.0f}"
+        lines.append(f"| {label} | {t['baseline']} | {100 * t['target_knn']:.2f} | {100 * t['row_final_knn']:.2f} | "
+                     f"{t['reached']}/{t['seeds']} | {t['base_seconds']:.0f} ({t['base_images']:.0f}) | {row_cell} | "
+                     f"{base_of_reached} |")
+    return lines
+
+
 def universality_markdown(result: dict) -> list[str]:
     """GeSSL's σ per row (σ_task: the linear probe's test cross-entropy in nats, averaged over the suite's probes;
     U = exp(−σ)) and each row's paired difference in σ_task to its base (negative = more universal)."""
@@ -798,6 +855,7 @@ def results_markdown(suite: Suite, result: dict) -> str:
         lines += ["", f"(no `{BASELINE}` row: no paired differences)"]
     lines += compute_markdown(result)
     lines += universality_markdown(result)
+    lines += time_to_accuracy_markdown(result)
     conflict = result["conflict_vs_primary"]
     rho = conflict["spearman"]
     lines += ["", "## Conflict", "",
