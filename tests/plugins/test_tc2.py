@@ -31,6 +31,8 @@ from tc2ssl.tc2.stats import batch_statistics
 from tc2ssl.train.loop import build_run, pretrain
 from tc2ssl.train.schedule import build_optimizer, build_scheduler
 
+from calibration_reference import reference_calibrated
+
 BATCH = 32
 TINY = ["model.backbone=small_cnn_tiny", f"train.batch_size={BATCH}", "plugin.n_tasks=2", "eval.enabled=false",
         "train.progress=false", "method.proj_output_dim=16", "method.proj_hidden_dim=16", "data.max_train=128"]
@@ -269,7 +271,7 @@ def reference_query_gradient(run, views, split, basis, task_reduction: str) -> d
 
     def embed(x):
         z = method.embed(x.flatten(0, 1))
-        z = plugin.calibrator.calibrate(plugin.calibrator.prep(z), basis) if basis is not None else z
+        z = reference_calibrated(plugin.calibrator, z, basis) if basis is not None else z
         return z.view(x.shape[0], x.shape[1], d)
 
     losses = []
@@ -404,7 +406,7 @@ def reference_bilevel_objective(run, views, split, basis, beta1: float):
     def embed(params, x):
         n, v = x.shape[:2]
         z = method.embed(x.flatten(0, 1), params)
-        return plugin.calibrator.calibrated(plugin.calibrator.prep(z), basis).view(n, v, d)
+        return reference_calibrated(plugin.calibrator, z, basis).view(n, v, d)
 
     def adapted(params, k):                                              # θ^k = θ − β1∇L_ssl^s(θ), Eq. 6
         with torch.enable_grad():
@@ -505,8 +507,7 @@ def test_conflict_metrics_are_cosines_of_the_task_support_gradients(make_run):
     task_grads = []
     for k in range(3):
         xs = split.support_views(views, k)
-        prepared = plugin.calibrator.prep(method.embed(xs.flatten(0, 1)))
-        zs = plugin.calibrator.calibrate(prepared, basis).view(*xs.shape[:2], -1)
+        zs = reference_calibrated(plugin.calibrator, method.embed(xs.flatten(0, 1)), basis).view(*xs.shape[:2], -1)
         loss = method.support_loss(zs, LossContext())
         task_grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(theta.values()))]))
     unit = torch.nn.functional.normalize(torch.stack(task_grads), dim=1)

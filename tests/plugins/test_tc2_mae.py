@@ -23,6 +23,8 @@ from tc2ssl.plugins.base import StepInfo
 from tc2ssl.tc2.stats import batch_statistics
 from tc2ssl.train.loop import build_run, pretrain
 
+from calibration_reference import reference_calibrated, reference_loss_v, reference_loss_w, reference_weights
+
 BATCH = 32
 TINY = [f"train.batch_size={BATCH}", "plugin.n_tasks=2", "eval.enabled=false", "train.progress=false",
         "data.max_train=128"]
@@ -102,7 +104,11 @@ def test_stage1_uses_token_rows_for_s_lv_and_lw(make_run):
     with torch.no_grad():
         basis = plugin.calibrator.factor_net(batch_statistics(zf))
         plugin.calibrator.set_l1(zf, basis)                      # λ₁ of this batch, as stage 1 sets it
-        _, lv, lw = plugin.calibrator.loss_tc2(zf, basis, support_rows, None)
+        # Eq. 1 on every token row, Eq. 2 on the support views' token rows (written out, not the calibrator's)
+        lv = reference_loss_v(basis, zf)
+        support = zf[support_rows]
+        support_weights = reference_weights(plugin.calibrator, support, basis)
+        lw = reference_loss_w(support, support_weights, basis, float(plugin.calibrator.l1_value))
 
     _, metrics, z_stats, stats = plugin.stage1(z, split, views, seed=INFO.seed)
 
@@ -202,8 +208,7 @@ def test_stage2_with_zero_beta1_is_the_gradient_of_the_query_reconstruction_loss
     for k in range(split.n_tasks):
         query = split.query_views(views, k).flatten(0, 1)
         latents = method.embed(query)
-        prepared = plugin.calibrator.prep(latents.reshape(-1, 64))
-        latents = plugin.calibrator.calibrated(prepared, basis).view(latents.shape)
+        latents = reference_calibrated(plugin.calibrator, latents.reshape(-1, 64), basis).view(latents.shape)
         prediction = method.decoder(latents, query.masks)
         target = patchify(split.support_views(views, k).images[:, 0], 4)
         losses.append(((prediction - target) ** 2).sum(-1)[query.masks].mean())

@@ -28,6 +28,8 @@ from tc2ssl.plugins.bilevel import batch_coupled_layers
 from tc2ssl.precision import channels_last_views, encoder_input, float32_region
 from tc2ssl.tc2.losses import loss_v, loss_w
 from tc2ssl.tc2.stats import batch_statistics
+
+from calibration_reference import reference_calibrated
 from tc2ssl.timing import SectionTimer
 from tc2ssl.train.loop import build_run
 
@@ -170,7 +172,7 @@ def reference_step(run, images, info):
     d = method.embed_dim
 
     def cal(zz):
-        return plugin.calibrator.calibrated(plugin.calibrator.prep(zz), basis)
+        return reference_calibrated(plugin.calibrator, zz, basis)
 
     def embed_views(params, x):
         n, v = x.shape[:2]
