@@ -10,8 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B="${TC2SSL:-.venv/bin/tc2ssl} benchmark --preset cpu"
-CALIBRATED="plugin.weight_mode=shrink plugin.l1_scale=relative plugin.factor_mode=subspace plugin.factor_init=pca
-            plugin.detach_v_in_lw=false plugin.view_agreement=true"            # = configs/calibrated.yaml
+CALIBRATED="-p calibrated"                                   # configs/calibrated.yaml (with plugin.view_agreement)
 CONTROLS=none,tc2,tc2_frozen,random_proj,tasks_nf
 for step in ${STEPS:-cm_calibrated cm_clusters cm_fd dt_controls pacs_controls}; do
   case $step in

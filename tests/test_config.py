@@ -1,5 +1,6 @@
 import pytest
 
+from tc2ssl import config as config_mod
 from tc2ssl.config import load_config, to_yaml, from_dict, to_dict
 from tc2ssl.errors import ConfigError
 
@@ -156,3 +157,10 @@ def test_swav_multi_crop_baseline_trains_on_global_and_local_views(tmp_path):
     assert seen == [torch.Size((16, 5, *seen[0][2:]))]
     assert torch.isfinite(metrics["loss"])
     assert all(p.grad is not None for p in run.method.backbone.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in config_mod.PRESET_DIR.glob("*.yaml")))
+def test_a_preset_as_overrides_gives_the_presets_config(name):
+    """`tc2ssl benchmark -p NAME` passes presets as key=value overrides: the same config, for every preset."""
+    as_overrides = config_mod.load_config((), config_mod.preset_overrides(name))
+    assert config_mod.to_dict(as_overrides) == config_mod.to_dict(config_mod.load_config((name,)))

@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="pacs, colored_mnist, digits_transfer or cifar10_subset (options and key=value "
                    "overrides may come in any order)")
     p.add_argument("--preset", default="cpu", help="scale: smoke, cpu (default), standard or paper")
+    p.add_argument("-p", dest="config_presets", action="append", default=[], metavar="PRESET",
+                   help="a config preset for every row, as in `tc2ssl pretrain -p` (e.g. -p calibrated); applied "
+                   "after the scale preset, before your key=value overrides")
     p.add_argument("--plugins", default="random_init,none,tasks,tc2,gessl",
                    help="comma-separated rows: plug-in names, and random_init (the untrained backbone, evaluated "
                    "only); default: random_init,none,tasks,tc2,gessl (with gessl and none also 'none batch=N/M')")
@@ -181,8 +184,11 @@ def _dispatch(args) -> int:
     if args.command == "benchmark":
         from tc2ssl.benchmarks import parse_seeds, run_benchmark
 
+        from tc2ssl.config import preset_overrides
+
         seeds = None if args.seeds is None else parse_seeds(args.seeds)
-        result = run_benchmark(args.suite, args.preset, args.plugins.split(","), seeds, args.overrides,
+        overrides = [item for name in args.config_presets for item in preset_overrides(name)] + list(args.overrides)
+        result = run_benchmark(args.suite, args.preset, args.plugins.split(","), seeds, overrides,
                                methods=args.methods.split(","))
         print(json.dumps({row: {m: s["mean"] for m, s in by_metric.items()}
                           for row, by_metric in result["summary"].items()}, indent=2))

@@ -328,6 +328,35 @@ def _removed_in(node: Any, prefix: str = "") -> None:
             _removed_in(value, f"{prefix}{key}.")
 
 
+def preset_overrides(name: str) -> list[str]:
+    """A preset as ``key=value`` overrides (``plugin.weight_mode=shrink``, ...), for commands whose configs are built
+    from overrides (``tc2ssl benchmark -p NAME``): loading them gives the config the preset gives."""
+    preset = read_yaml_mapping(preset_path(name), "preset")
+    _removed_in(preset)
+    items: list[str] = []
+
+    def flatten(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                flatten(value, f"{prefix}{key}.")
+        else:
+            items.append(f"{prefix[:-1]}={_override_value(node)}")
+
+    flatten(preset, "")
+    return items
+
+
+def _override_value(value: Any) -> str:
+    """A YAML value written the way OmegaConf's dotlist reads it back."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    return str(value)
+
+
 def load_config(presets: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = (),
                 base: RunConfig | None = None) -> RunConfig:
     """Defaults (or ``base``, e.g. a finished run's config) <- presets <- ``key=value`` overrides, validated.

@@ -311,3 +311,22 @@ def test_umm_row_fine_tunes_the_none_run_and_keeps_its_frozen_layers(shared_data
     assert f"| umm | {control} | " in (out / "results.md").read_text()          # paired with its control
     umm_cfg = yaml.safe_load((out / "umm_seed0" / "config.yaml").read_text())
     assert umm_cfg["train"]["init_from"] == str(out / "none_seed0")
+
+
+def test_benchmark_config_presets_reach_every_row_before_the_users_overrides(monkeypatch, capsys):
+    """`-p calibrated` expands to the preset's key=value overrides, ahead of the user's (which win)."""
+    import tc2ssl.benchmarks as benchmarks
+
+    seen = {}
+
+    def fake_run_benchmark(suite, preset, plugins, seeds, overrides, methods=()):
+        seen.update(suite=suite, preset=preset, overrides=list(overrides))
+        return {"summary": {}}
+
+    monkeypatch.setattr(benchmarks, "run_benchmark", fake_run_benchmark)
+    assert main(["benchmark", "--preset", "smoke", "-p", "calibrated", "colored_mnist",
+                 "plugin.view_agreement=false"]) == 0
+    assert seen["overrides"][-1] == "plugin.view_agreement=false"
+    assert "plugin.view_agreement=true" in seen["overrides"][:-1] and "plugin.weight_mode=shrink" in seen["overrides"]
+    cfg = config_mod.load_config((), seen["overrides"])
+    assert cfg.plugin.weight_mode == "shrink" and cfg.plugin.view_agreement is False
