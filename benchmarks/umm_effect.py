@@ -1,7 +1,7 @@
 """UMM's effect: post-hoc variants against the un-tuned pretrained model, paired over seeds, with 95% CIs.
 
     python benchmarks/umm_effect.py --pretrained RUNS/seed0 RUNS/seed1 RUNS/seed2 --tuned TUNED \\
-        --variants umm_lam1,umm_lam0.1,umm_alignment,plain --data digits,usps --out docs/figures/umm/effect.md
+        --variants umm_lam1,umm_lam0.1,plain --data digits,usps --out docs/figures/umm/effect.md
 
 ``--pretrained``: the finished runs, one per seed (``eval_<data>.json`` from ``tc2ssl evaluate``); ``--tuned``: a
 folder with ``seed<k>/<variant>/`` post-hoc run folders (``eval.json`` for the pretraining data, which must be the

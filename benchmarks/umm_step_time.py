@@ -11,7 +11,6 @@ part runs without autograd in eval mode) on the same batches:
 - ``umm_bilevel``: the UMM step (inner JS term with its double backward, one inner step, outer ΔR, the DARTS
   finite-difference Hessian term: two more inner gradients); ``umm_first_order``: the same without the Hessian term;
   ``umm_no_js``: β = 0 (no double backward through the per-sample gradient norms);
-- ``umm_alignment``: the one-level alignment objective (k-means prior + ridge alignment).
 
 Variants are timed in interleaved rounds (round r: one step of each in turn) with the process's CPU time and one
 intra-op thread (``time.process_time``: robust to other jobs on a shared machine), median over rounds. A step is
@@ -37,7 +36,6 @@ VARIANTS = {
     "umm_bilevel": [],
     "umm_first_order": ["plugin.umm.hypergradient=first_order"],
     "umm_no_js": ["plugin.umm.beta=0"],
-    "umm_alignment": ["plugin.umm.objective=alignment"],
 }
 
 

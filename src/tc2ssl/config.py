@@ -11,6 +11,8 @@ Every design choice the papers leave open is a field here with our default (docs
 """
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,6 +304,9 @@ def preset_path(name: str) -> Path:
 REMOVED_KEYS = {
     "data.num_workers": "the data are in-memory tensors and no DataLoader workers exist; remove the key",
     "plugin.split": "the task split is always by view (each image's views go to support and query); remove the key",
+    **{f"plugin.umm.{key}": "UMM's alignment reading (k-means prior + ridge alignment) was removed: it did not earn "
+                            "its place in the measurements (docs/umm.md); UMM is the bi-level objective, remove the key"
+       for key in ("objective", "n_clusters", "ridge", "mu", "align_eps2", "retain_ssl")},
 }
 
 
@@ -312,11 +317,14 @@ def _check_removed(key: str) -> None:
 
 def _drop_removed(data: dict) -> dict:
     """``data`` without the keys of :data:`REMOVED_KEYS` (an older run folder's config)."""
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    data = copy.deepcopy(data)
     for key in REMOVED_KEYS:
-        section, name = key.split(".", 1)
-        if isinstance(data.get(section), dict):
-            data[section].pop(name, None)
+        *path, name = key.split(".")
+        node = data
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(name, None)
     return data
 
 

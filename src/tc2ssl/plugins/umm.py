@@ -4,7 +4,7 @@ The backbone is split by layer name (``plugin.umm.early``, default the ``early``
 layer2): the early part f_e is frozen (weights and BatchNorm statistics: :meth:`Plugin.freeze`), the late part
 f_{e-l} and the method's heads (projection head, predictor, prototypes, MAE's decoder) are tuned.
 
-Per step, on two augmented views of every image (``objective=bilevel``, the default):
+Per step, on two augmented views of every image:
 
 1. H_e = f_e(views) under no_grad (frozen; eval-mode BatchNorm);
 2. the hypergradient of the bi-level problem (:mod:`tc2ssl.umm.bilevel`): inner objective L_ssl + β·JS(p ‖ u), p
@@ -12,8 +12,8 @@ Per step, on two augmented views of every image (``objective=bilevel``, the defa
    outputs; one inner SGD step of size α and the DARTS finite-difference Hessian term;
 3. the gradient is written to ``.grad`` of the tuned parameters; the loop's optimiser steps them.
 
-``objective=alignment`` instead ascends J = ΔR(z_l | k-means prior of H_e)/d_l − μ·A(ridge alignment), one level
-(:mod:`tc2ssl.umm.alignment`), optionally with the SSL loss (``retain_ssl``).
+(An alternative one-level reading, a k-means prior with a ridge alignment, was built, measured worse, and removed:
+docs/umm.md.)
 
 When UMM runs (``interleave_every``): 0 = post hoc — ``tc2ssl posthoc RUN_DIR plugin.name=umm`` (or ``tc2ssl umm
 RUN_DIR``) fine-tunes a finished run with f_e frozen for the whole fit; k > 0 = during pretraining, every k-th epoch
@@ -36,7 +36,6 @@ from tc2ssl.errors import ConfigError
 from tc2ssl.meta.functional import assign_grads, functional_forward
 from tc2ssl.methods.base import LossContext, sub_params
 from tc2ssl.plugins.base import PLUGINS, Plugin, StepInfo
-from tc2ssl.umm.alignment import alignment_objective
 from tc2ssl.umm.bilevel import BilevelSettings, UMMObjectives, bilevel_step
 
 
@@ -86,9 +85,6 @@ class UMM(Plugin):
             raise ConfigError("plugin.name=umm fine-tunes a pretrained encoder: start it from a finished run with "
                               "`tc2ssl posthoc RUN_DIR plugin.name=umm` (or `tc2ssl umm RUN_DIR`), or set "
                               "plugin.umm.interleave_every=K (>= 1) to interleave it with pretraining")
-        if block.objective == "alignment" and cfg.method.name == "mae":
-            raise ConfigError("plugin.umm.objective=alignment needs pooled late features of unmasked views; with "
-                              "method.name=mae use plugin.umm.objective=bilevel")
 
     def __init__(self, cfg, method, view_maker):
         super().__init__(cfg, method, view_maker)
@@ -135,8 +131,6 @@ class UMM(Plugin):
             masks = make_masks(n, 2, n_patches, self.method.cfg.mask_ratio, generator).to(views.device)
         with torch.no_grad(), eval_mode(self.early):
             early = self._early_features(views, masks if self.generative else None)     # H_e [2N, ...]
-        if self.block.objective == "alignment":
-            return self._alignment_step(views, early, info)
         return self._bilevel_step(views, early, masks if self.generative else None)
 
     def _early_features(self, views: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
@@ -177,20 +171,3 @@ class UMM(Plugin):
         return {"loss": result.outer_loss, "umm/inner_loss": result.inner_losses[0], "umm/js": last["js"],
                 "umm/dR_instance": last["dR_instance"], "umm/ssl": last["outer_ssl"]}
 
-    def _alignment_step(self, views: torch.Tensor, early: torch.Tensor, info: StepInfo) -> dict:
-        late_features = self.late.rest(early)                              # pooled z_l [2N, d_l] (grad -> θ)
-        z_early = early.mean(dim=(-2, -1)) if early.dim() == 4 else early.mean(dim=1)
-        b = self.block
-        parts = alignment_objective(z_early, late_features, b.n_clusters, b.ridge, b.mu, b.align_eps2,
-                                    generator=torch.Generator().manual_seed(info.seed ^ 0xC1A5))
-        loss = parts["loss"]
-        metrics = {"umm/J": parts["objective"].detach(), "umm/dR_per_dim": parts["dR_per_dim"].detach(),
-                   "umm/alignment": parts["alignment"].detach()}
-        if b.retain_ssl:
-            n = views.shape[0]
-            z = self.method.projector(late_features).view(n, 2, -1)
-            ssl = self.method.baseline_loss(z, LossContext(views=views, update_state=False))
-            loss = loss + b.retain_ssl * ssl
-            metrics["umm/ssl"] = ssl.detach()
-        self.backward(loss)
-        return {"loss": loss.detach(), **metrics}

@@ -3,6 +3,6 @@ Self-Supervised Learning"): fine-tune the late layers of a pretrained SSL encode
 bi-level objective that maximises the coding rate reduction of the last-layer output. See docs/umm.md.
 
 Modules: ``objectives`` (the inner JS and outer ΔR objectives), ``bilevel`` (one DARTS bi-level step through the
-functional engine), ``alignment`` (the k-means + ridge reading), ``config`` (``plugin.umm.*``; import-light, it is
+functional engine), ``config`` (``plugin.umm.*``; import-light, it is
 imported by ``tc2ssl.config``). The plug-in is ``tc2ssl.plugins.umm``.
 """

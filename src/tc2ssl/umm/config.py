@@ -11,10 +11,6 @@ class UMMConfig:
     early: str = field(default="early", metadata={
         "help": "the last backbone layer (tap name) of the frozen early part f_e; early = block2 (small_cnn, "
                 "vit_tiny) / layer2 (ResNets)"})
-    objective: str = choice("bilevel", ("bilevel", "alignment"),
-                            help="bilevel: the authors' structure, fixed (JS inner, ΔR outer, DARTS); alignment: "
-                                 "k-means prior + ridge alignment, one level (Danskin-exact; measured worse: "
-                                 "experimental, docs/umm.md)")
     beta: float = bounded(1.0, 0.0, help="weight of JS(p ‖ uniform) in the inner objective")
     lam: float = bounded(0.1, 0.0, help="weight of ΔR (instance partition) in the outer objective (the authors' "
                                         "code: 1, which measured worse on digits: docs/umm.md)")
@@ -26,8 +22,3 @@ class UMMConfig:
     fd_radius: float = bounded(1e-2, 0.0, low_open=True, help="r of the DARTS probe ε = r/‖v‖")
     interleave_every: int = bounded(0, 0, help="0 = post hoc (every step is UMM, f_e frozen for the fit); k > 0 = "
                                                "during pretraining, every k-th epoch is a UMM epoch")
-    n_clusters: int = bounded(10, 1, help="alignment: k of the early-layer k-means prior")
-    ridge: float = bounded(0.1, 0.0, low_open=True, help="alignment: γ of the ridge alignment")
-    mu: float = bounded(1.0, 0.0, help="alignment: weight of the alignment residual A")
-    align_eps2: float = bounded(0.5, 0.0, low_open=True, help="alignment: ε² of ΔR(z_l | k-means prior)")
-    retain_ssl: float = bounded(0.0, 0.0, help="alignment: weight of the method's SSL loss added to −J")
