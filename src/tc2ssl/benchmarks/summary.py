@@ -3,7 +3,8 @@ on the suite's headline metric with its 95% interval, at equal epochs and at equ
 
 ``python -m tc2ssl.benchmarks.summary BENCHMARK_DIR... [--png PATH]`` reads each folder's results.json (written
 by ``tc2ssl benchmark``) and prints the markdown table; ``--png`` also draws the overview (one panel per suite,
-one line per row: the equal-epoch interval and, below it, the equal-compute one).
+whatever the number of folders for it; one line per row: the equal-epoch interval and, below it, the equal-compute
+one).
 """
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ def load_results(folders: list[str | Path]) -> list[dict]:
         path = Path(folder) / "results.json"
         if not path.is_file():
             raise DataError(f"no benchmark results at {path} (run `tc2ssl benchmark SUITE` first)")
-        results.append(json.loads(path.read_text(encoding="utf-8")))
+        result = json.loads(path.read_text(encoding="utf-8"))
+        result.setdefault("folder", Path(folder).name)
+        results.append(result)
     return results
 
 
@@ -63,14 +66,36 @@ def summary_markdown(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def overview_panels(results: list[dict]) -> dict[str, list[tuple[str, dict]]]:
+    """The overview's panels: one per suite (folders of the same suite share it), each a list of (label, entry);
+    a label is ``row vs base (n seeds)``, with the folder name added where two folders have the same row."""
+    panels: dict[str, list[tuple[str, dict]]] = {}
+    for result in results:
+        panel = panels.setdefault(result["suite"], [])
+        for entry in summary_rows(result):
+            panel.append((f"{entry['row']} vs {entry['baseline']} ({len(result['seeds'])} seeds)", entry,
+                          result.get("folder", "")))
+    out = {}
+    for suite, panel in panels.items():
+        rows = [entry["row"] for _, entry, _ in panel]
+        out[suite] = [(label + (f" [{folder}]" if rows.count(entry["row"]) > 1 else ""), entry)
+                      for label, entry, folder in panel]
+    return out
+
+
 def plot_overview(results: list[dict], png_path: Path) -> Path:
-    """Paired differences (points) with their 95% intervals: one panel per suite, equal epochs (circles) and
-    equal compute (squares) per row; the zero line is the base method."""
-    fig = _figure(5 * max(1, len(results)), 4)
-    for index, result in enumerate(results, start=1):
-        ax = fig.add_subplot(1, len(results), index)
-        entries = summary_rows(result)
-        for position, entry in enumerate(entries):
+    """Paired differences (points) with their 95% intervals: one panel per suite (two panels a row), one line per
+    row, equal epochs (circles) and equal compute (squares); the zero line is each row's base."""
+    panels = overview_panels(results)
+    columns = min(2, max(1, len(panels)))
+    grid_rows = math.ceil(len(panels) / columns) if panels else 1
+    tallest = max((len(entries) for entries in panels.values()), default=1)
+    fig = _figure(7.5 * columns, grid_rows * (0.9 + 0.32 * tallest))
+    primary = {result["suite"]: result["primary"] for result in results}
+    for index, (suite, entries) in enumerate(panels.items(), start=1):
+        ax = fig.add_subplot(grid_rows, columns, index)
+        labelled: set[str] = set()
+        for position, (_, entry) in enumerate(entries):
             for offset, key, marker in ((0.15, "equal_epochs", "o"), (-0.15, "equal_compute", "s")):
                 difference = entry[key]
                 if not difference or difference.get("mean") is None:
@@ -80,14 +105,16 @@ def plot_overview(results: list[dict], png_path: Path) -> Path:
                 if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
                     ax.plot([100 * low, 100 * high], [position + offset] * 2, color="C0" if marker == "o" else "C1")
                 ax.plot([mean], [position + offset], marker=marker, color="C0" if marker == "o" else "C1",
-                        label=key.replace("_", " ") if position == 0 else None)
+                        label=None if key in labelled else key.replace("_", " "))
+                labelled.add(key)
         ax.axvline(0.0, color="grey", linestyle=":")
         ax.set_yticks(range(len(entries)))
-        ax.set_yticklabels([e["row"] for e in entries], fontsize=8)
-        ax.set_xlabel(f"Δ {result['primary']} (points, 95% CI)")
-        ax.set_title(f"{result['suite']} ({result['preset']}, {len(result['seeds'])} seeds)", fontsize=9)
+        ax.set_yticklabels([label for label, _ in entries], fontsize=7)
+        ax.set_ylim(-0.6, max(len(entries), 1) - 0.4)
+        ax.set_xlabel(f"Δ {primary[suite]} against the row's base (points, 95% CI)", fontsize=8)
+        ax.set_title(suite, fontsize=9)
         if entries:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="best", framealpha=0.6)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     return png_path

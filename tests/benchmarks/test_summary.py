@@ -1,0 +1,32 @@
+"""The cross-suite overview: one panel per suite, rows of several folders kept apart."""
+from __future__ import annotations
+
+import json
+
+from tc2ssl.benchmarks.summary import load_results, main, overview_panels, summary_markdown
+
+
+def fake_result(suite: str, rows: dict[str, float], seeds=(0, 1, 2)) -> dict:
+    """A results.json with rows paired against none; ``rows``: label -> paired mean difference."""
+    return {"suite": suite, "preset": "cpu", "primary": "average", "seeds": list(seeds),
+            "rows": [{"label": "none", "baseline": "none"}] + [{"label": k, "baseline": "none"} for k in rows],
+            "summary": {label: {"average": {"mean": 0.5}} for label in ["none", *rows]},
+            "paired": {label: {"average": {"mean": d, "ci_low": d - 0.01, "ci_high": d + 0.01}}
+                       for label, d in rows.items()}}
+
+
+def test_folders_of_one_suite_share_a_panel_and_repeated_rows_name_their_folder(tmp_path):
+    for folder, result in (("controls", fake_result("colored_mnist", {"tc2": 0.03, "tc2_frozen": 0.02})),
+                           ("calibrated", fake_result("colored_mnist", {"tc2": 0.01}, seeds=range(5))),
+                           ("pacs", fake_result("pacs", {"gessl": -0.02}))):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "results.json").write_text(json.dumps(result))
+    results = load_results([tmp_path / f for f in ("controls", "calibrated", "pacs")])
+    panels = overview_panels(results)
+    assert list(panels) == ["colored_mnist", "pacs"]
+    assert [label for label, _ in panels["colored_mnist"]] == [
+        "tc2 vs none (3 seeds) [controls]", "tc2_frozen vs none (3 seeds)", "tc2 vs none (5 seeds) [calibrated]"]
+    assert "| pacs (average) | cpu, 3 | gessl | 50.00 | -2.00 [-3.00, -1.00] vs none |" in summary_markdown(results)
+    png = tmp_path / "overview.png"
+    assert main([str(tmp_path / f) for f in ("controls", "calibrated", "pacs")] + ["--png", str(png)]) == 0
+    assert png.stat().st_size > 5000
