@@ -8,16 +8,8 @@
 # skip evaluations whose results are committed). Outputs under runs/protocols/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-T=${TC2SSL:-.venv/bin/tc2ssl}
-C="model.backbone=small_cnn_tiny train.batch_size=256 train.threads=1 train.progress=false eval.enabled=false train.resume=true"
-POST="train.epochs=3 train.lr=5e-4 train.warmup_epochs=0 train.resume=true"
-DIG="data.name=mnist data.resolution=28 data.max_train=2048 train.epochs=3"
-PAC="data.name=pacs data.domains=[photo,sketch,cartoon] data.resolution=32 data.max_train=2048 train.epochs=3"
-SEMI="eval.finetune_epochs=5 eval.random_init_baseline=false"
-pretrain() { [ -f "$2/encoder.safetensors" ] || $T pretrain $C $1 seed=$3 out=$2; }
-posthoc() { [ -f "$1/posthoc_$2/encoder.safetensors" ] || $T posthoc "$1" plugin.name=$2 $POST; }
+source scripts/protocols_common.sh
 phase() { [[ " ${PHASES:-1 2 3} " == *" $1 "* ]] && echo "$2" || true; }   # PHASES="3" runs phase 3 only
-evaluate() { [ -f "$1/$2" ] || $T evaluate --protocol $3 "$1" ${@:4}; }
 for seed in $(phase 1 "0 1 2"); do                               # phase 1: MNIST -> USPS, GeSSL and UMM
   D=runs/protocols/digits/s$seed
   for p in none gessl; do pretrain "$DIG plugin.name=$p" $D/$p $seed; done

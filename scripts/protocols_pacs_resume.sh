@@ -5,14 +5,11 @@
 # the seeds given (SEEDS="0 1 2").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-T=${TC2SSL:-.venv/bin/tc2ssl}
-C="model.backbone=small_cnn_tiny train.batch_size=256 train.threads=1 train.progress=false eval.enabled=false train.resume=true"
-POST="train.epochs=3 train.lr=5e-4 train.warmup_epochs=0 train.resume=true"
-PAC="data.name=pacs data.domains=[photo,sketch,cartoon] data.resolution=32 data.max_train=2048 train.epochs=3"
+source scripts/protocols_common.sh
 for seed in ${SEEDS:-1 2}; do
   P=runs/protocols/pacs/s$seed
-  for p in none gessl; do [ -f $P/$p/encoder.safetensors ] || $T pretrain $C $PAC plugin.name=$p seed=$seed out=$P/$p; done
-  [ -f $P/none/posthoc_umm/encoder.safetensors ] || $T posthoc $P/none plugin.name=umm $POST
+  for p in none gessl; do pretrain "$PAC plugin.name=$p" $P/$p $seed; done
+  posthoc $P/none umm
   # the committed evaluations back in place (protocol results record no encoder hash; determinism is checked below)
   for json in docs/figures/protocols/pacs/s$seed/{none,gessl,none/posthoc_umm}/eval_*.json; do
     [ -f "$json" ] || continue
