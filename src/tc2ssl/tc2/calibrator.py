@@ -185,8 +185,8 @@ class Calibrator(nn.Module):
 
     def factor_penalty(self, z_views: torch.Tensor, basis: torch.Tensor, image_tasks: torch.Tensor | None = None,
                        n_tasks: int = 1) -> torch.Tensor | None:
-        """ω [K, n_f] of ``plugin.view_agreement``, one row per task, from the views ``z_views`` [n, v, d]; None when
-        the option is off.
+        """ω [K, n_f] of ``plugin.view_agreement``, the per-task, per-factor weights of Eq. 2's ℓ1 term (a weighted
+        LASSO), one row per task, from the views ``z_views`` [n, v, d]; None when the option is off.
 
         With c = zV (detached), factor r's view agreement in task k is
         a_kr = Σ_i Σ_{v≠w} c_ivr c_iwr / ((v − 1) Σ_i Σ_v c_ivr²) over the images i of task k: the share of the
