@@ -5,6 +5,7 @@
 #   cm_fd           the default TC² with the finite-difference stage-2 hypergradient (against first order, §11.1)
 #   dt_controls     digits_transfer with the controls, 3 seeds
 #   pacs_controls   pacs with the controls, 5 seeds
+#   cifar_controls  cifar10_subset with the controls, 3 seeds
 # One thread per run, so two of these can run beside another job on 2 cores. Resumable (finished runs are reused).
 # STEPS="cm_fd dt_controls" runs a subset. Outputs: runs/controls/<step>/results.{md,json}.
 set -euo pipefail
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 B="${TC2SSL:-.venv/bin/tc2ssl} benchmark --preset cpu"
 CALIBRATED="-p calibrated"                                   # configs/calibrated.yaml (with plugin.view_agreement)
 CONTROLS=none,tc2,tc2_frozen,random_proj,tasks_nf
-for step in ${STEPS:-cm_calibrated cm_clusters cm_fd dt_controls pacs_controls}; do
+for step in ${STEPS:-cm_calibrated cm_clusters cm_fd dt_controls pacs_controls cifar_controls}; do
   case $step in
     cm_calibrated) $B --plugins none,tc2 --seeds 0,1,2,3,4 colored_mnist out=runs/controls/$step $CALIBRATED \
                      train.threads=1 ;;
@@ -22,6 +23,7 @@ for step in ${STEPS:-cm_calibrated cm_clusters cm_fd dt_controls pacs_controls};
              plugin.stage2_mode=finite_difference train.threads=1 ;;
     dt_controls) $B --plugins $CONTROLS --seeds 0,1,2 digits_transfer out=runs/controls/$step train.threads=1 ;;
     pacs_controls) $B --plugins $CONTROLS --seeds 0,1,2,3,4 pacs out=runs/controls/$step train.threads=1 ;;
+    cifar_controls) $B --plugins $CONTROLS --seeds 0,1,2 cifar10_subset out=runs/controls/$step train.threads=1 ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done
