@@ -11,6 +11,10 @@ batch with ``--epochs`` epochs, and records
 A snapshot at epoch e of a run scheduled for E > e epochs has not finished its cosine learning-rate decay, so the
 curve is a lower bound of what a run of e epochs reaches; where it flattens is the plateau. Writes
 ``DIR/SUITE_simclr_curve.json`` and ``.png`` (default DIR: docs/figures/benchmarks/curves).
+
+Resumable: the snapshots are files in the run folders (``snapshots/epoch{E}.safetensors``), so re-running the same
+command after a kill continues the pretraining from its last epoch checkpoint (a finished one is reused) and scores
+every snapshot on disk.
 """
 from __future__ import annotations
 
@@ -26,24 +30,42 @@ from tc2ssl.benchmarks.plots import _figure, _save
 from tc2ssl.benchmarks.presets import get_preset
 from tc2ssl.benchmarks.suites import (RANDOM_INIT, SUITES, Row, SuiteContext, eval_device, run_benchmark,
                                       run_config, single_threaded_blas, suite_options)
+from tc2ssl.train.checkpoint import atomic_write_bytes
 from tc2ssl.train.loop import epoch_end_hook
 
 
+SNAPSHOT_DIR = "snapshots"
+
+
 class Snapshots:
-    """Per-epoch hook: a copy of the backbone's weights at every ``every``-th epoch (and the last), per run folder."""
+    """Per-epoch hook: the backbone's weights at every ``every``-th epoch (and the last), written atomically to
+    ``RUN_DIR/snapshots/epoch{E}.safetensors``. On disk, so a killed curve resumes: the benchmark continues the run
+    from its last epoch checkpoint and the snapshots taken before the kill are still there."""
 
     def __init__(self, every: int, last_epoch: int):
         self.every, self.last_epoch = every, last_epoch
-        self.states: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
 
     def __call__(self, epoch: int, backbone: torch.nn.Module, epoch_record: dict, run_dir: Path) -> None:
         if (epoch + 1) % self.every == 0 or epoch == self.last_epoch:
-            state = {key: value.detach().clone() for key, value in backbone.state_dict().items()}
-            self.states.setdefault(epoch + 1, {})[str(run_dir)] = state
+            from safetensors.torch import save
+
+            state = {key: value.detach().cpu().contiguous() for key, value in backbone.state_dict().items()}
+            path = Path(run_dir) / SNAPSHOT_DIR / f"epoch{epoch + 1}.safetensors"
+            atomic_write_bytes(path, lambda fh: fh.write(save(state)))
 
 
-def headline_curve(suite_name: str, overrides: list[str], seed: int, snapshots: Snapshots, out: Path) -> dict:
-    """The suite's metrics on every snapshot: {epochs: metrics}."""
+def saved_snapshots(runs_root: Path) -> dict[int, list[Path]]:
+    """{epochs: [snapshot files, one per pretraining folder]} of every snapshot under ``runs_root``."""
+    found: dict[int, list[Path]] = {}
+    for path in sorted(Path(runs_root).rglob(f"{SNAPSHOT_DIR}/epoch*.safetensors")):
+        found.setdefault(int(path.stem.removeprefix("epoch")), []).append(path)
+    return found
+
+
+def headline_curve(suite_name: str, overrides: list[str], seed: int, runs_root: Path, out: Path) -> dict:
+    """The suite's metrics on every saved snapshot of the seed's SimCLR run under ``runs_root``: {epochs: metrics}."""
+    from safetensors.torch import load_file
+
     from tc2ssl.workflows import load_backbone
 
     suite = SUITES.get(suite_name)
@@ -52,12 +74,13 @@ def headline_curve(suite_name: str, overrides: list[str], seed: int, snapshots: 
     base_overrides = [*preset.overrides_for(suite.name), *suite.overrides, *cfg_overrides, f"out={out}"]
     run_cfg = run_config(base_overrides, Row("none", "none"), seed, out)
     results = {}
-    for epochs, by_dir in sorted(snapshots.states.items()):
+    for epochs, paths in sorted(saved_snapshots(runs_root).items()):
         backbones = {}
-        for run_dir, state in by_dir.items():
-            backbone, _ = load_backbone(Path(run_dir))
-            backbone.load_state_dict(state)
-            backbones[run_dir] = backbone
+        for path in paths:
+            run_dir = path.parent.parent
+            backbone, _ = load_backbone(run_dir)
+            backbone.load_state_dict(load_file(path))
+            backbones[str(run_dir)] = backbone
         ctx = SuiteContext(options, eval_device(run_cfg), backbones=backbones)
         with single_threaded_blas():
             results[epochs] = suite.run(run_cfg, ctx).metrics
@@ -99,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     with epoch_end_hook(snapshots):
         result = run_benchmark(args.suite, "cpu", [RANDOM_INIT, "none"], [args.seed], [*overrides, f"out={runs}"])
     wall = time.perf_counter() - start
-    headline = headline_curve(args.suite, [*overrides], args.seed, snapshots, runs)
+    seed_runs = runs / f"none_seed{args.seed}"
+    headline = headline_curve(args.suite, [*overrides], args.seed, seed_runs, runs)
     measured = {
         "suite": args.suite, "seed": args.seed, "epochs": args.epochs, "primary": result["primary"],
         "config": result["config"], "wall_seconds": wall,
