@@ -676,6 +676,7 @@ def summarize_runs(suite: Suite, preset: BenchmarkPreset, base: config_mod.RunCo
                                         CONFIDENCE).as_dict()
                 for name in universality[row.label] if name in of_baseline}
     time_to_baseline = baseline_time_to_accuracy(rows, runs, keys)
+    controls = tc2_against_controls([dataclasses.asdict(row) for row in rows], runs, keys, list(suite.metrics))
     early, primary = [], []
     for by_seed in runs.values():
         for record in by_seed.values():
@@ -692,8 +693,50 @@ def summarize_runs(suite: Suite, preset: BenchmarkPreset, base: config_mod.RunCo
         "curves": {row.label: mean_curve([runs[row.label][k].get("curve", {}) for k in keys]) for row in rows},
         "conflict_vs_primary": {"spearman": spearman(early, primary) if early else math.nan, "n": len(early)},
         "universality": universality, "paired_universality": paired_universality,
-        "time_to_baseline": time_to_baseline,
+        "time_to_baseline": time_to_baseline, "tc2_vs_controls": controls,
     }
+
+
+def tc2_against_controls(rows: list[dict], runs: dict, keys: list[str], metrics: list[str]) -> dict:
+    """TC² − each of its controls (``tc2_frozen``, ``random_proj``, ``tasks_nf``), paired over seeds: the share of
+    TC²'s gain its learned calibration earns. A control is paired with the ``tc2`` row of the same base row and
+    overrides (so ``byol/tc2`` with ``byol/tc2_frozen``). {control label: {"tc2": label, metric: difference}}."""
+    from tc2ssl.plugins.tc2_controls import CONTROL_PLUGINS
+
+    tc2_rows = {(row["baseline"], tuple(row["overrides"])): row["label"] for row in rows if row["plugin"] == "tc2"}
+    out = {}
+    for row in rows:
+        tc2_label = tc2_rows.get((row["baseline"], tuple(row["overrides"])))
+        if row["plugin"] not in CONTROL_PLUGINS or tc2_label is None or row["label"] not in runs:
+            continue
+        out[row["label"]] = {"tc2": tc2_label, **{
+            m: paired_difference([runs[tc2_label][k]["metrics"][m] for k in keys],
+                                 [runs[row["label"]][k]["metrics"][m] for k in keys], CONFIDENCE).as_dict()
+            for m in metrics}}
+    return out
+
+
+def controls_markdown(result: dict) -> list[str]:
+    """The attribution table: TC² − each control, with the per-seed differences of the primary metric."""
+    controls = result.get("tc2_vs_controls")
+    if controls is None:      # a results.json written before the table existed
+        controls = tc2_against_controls(result.get("rows", []), result["runs"], [str(s) for s in result["seeds"]],
+                                        result["metrics"])
+    if not controls:
+        return []
+    metrics, primary = result["metrics"], result["primary"]
+    lines = ["", "## TC² against its controls (points; TC² − control, paired over seeds), mean "
+             f"[{CONFIDENCE:.0%} t-interval]", "",
+             "`tc2_frozen`: the calibrator frozen at initialisation; `random_proj`: a fixed random n_f projection; "
+             "`tasks_nf`: +T on the batch's top-n_f subspace. A difference near 0 says that control's fixed map "
+             "gives what the learned calibration gives.", "",
+             "| TC² row − control | " + " | ".join(metrics) + f" | {primary}, seed by seed |",
+             "|---|" + "---|" * (len(metrics) + 1)]
+    for label, by_metric in controls.items():
+        cells = [_interval(by_metric[m]) for m in metrics]
+        per_seed = ", ".join(_points(v) for v in by_metric[primary]["differences"])
+        lines.append(f"| {by_metric['tc2']} − {label} | " + " | ".join(cells) + f" | {per_seed} |")
+    return lines
 
 
 def baseline_time_to_accuracy(rows: list[Row], runs: dict, keys: list[str]) -> dict:
@@ -854,6 +897,7 @@ def results_markdown(suite: Suite, result: dict) -> str:
     else:
         lines += ["", f"(no `{BASELINE}` row: no paired differences)"]
     lines += compute_markdown(result)
+    lines += controls_markdown(result)
     lines += universality_markdown(result)
     lines += time_to_accuracy_markdown(result)
     conflict = result["conflict_vs_primary"]

@@ -28,6 +28,9 @@ from tc2ssl.plugins.tc2 import TC2
 from tc2ssl.precision import float32_region
 from tc2ssl.tc2.calibrator import Calibrator
 
+#: the control plug-ins, each paired with the ``tc2`` row of the same method in a benchmark's attribution table
+CONTROL_PLUGINS = ("tc2_frozen", "random_proj", "tasks_nf")
+
 #: the stream constant that derives random_proj's fixed projection from the run's seed
 PROJECTION_STREAM = 0x9E0F
 
