@@ -30,3 +30,12 @@ def test_folders_of_one_suite_share_a_panel_and_repeated_rows_name_their_folder(
     png = tmp_path / "overview.png"
     assert main([str(tmp_path / f) for f in ("controls", "calibrated", "pacs")] + ["--png", str(png)]) == 0
     assert png.stat().st_size > 5000
+
+
+def test_two_folders_of_one_name_are_told_apart_by_their_path(tmp_path):
+    for folder, delta in (("pacs", 0.01), ("controls/pacs", -0.01)):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "results.json").write_text(json.dumps(fake_result("pacs", {"tc2": delta})))
+    panels = overview_panels(load_results([tmp_path / "pacs", tmp_path / "controls" / "pacs"]))
+    assert [label for label, _ in panels["pacs"]] == ["tc2 vs none (3 seeds) [pacs]",
+                                                      "tc2 vs none (3 seeds) [controls/pacs]"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -19,13 +20,18 @@ from tc2ssl.errors import DataError
 
 
 def load_results(folders: list[str | Path]) -> list[dict]:
+    """The results.json of every folder; each gets ``folder``, its path relative to the folders' common parent
+    (``controls/pacs`` beside ``pacs``), which tells apart two runs of the same suite."""
     results = []
-    for folder in folders:
+    resolved = [Path(folder).resolve() for folder in folders]
+    common = Path(os.path.commonpath(resolved)) if len(resolved) > 1 else None
+    for folder, absolute in zip(folders, resolved):
         path = Path(folder) / "results.json"
         if not path.is_file():
             raise DataError(f"no benchmark results at {path} (run `tc2ssl benchmark SUITE` first)")
         result = json.loads(path.read_text(encoding="utf-8"))
-        result.setdefault("folder", Path(folder).name)
+        relative = absolute.relative_to(common).as_posix() if common is not None and absolute != common else ""
+        result.setdefault("folder", relative or Path(folder).name)
         results.append(result)
     return results
 
