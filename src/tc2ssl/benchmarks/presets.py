@@ -37,13 +37,16 @@ pacs 25 s, digits_transfer 10 s (two probes), cifar10_subset 4 s; about 3 s of s
     pacs:            6,144 of the 7,137 photo+sketch+cartoon train images = 24 steps/epoch × 3 epochs = 72 steps;
                      9 × (72 × 2.25 + 28) s + 5 s decoding ≈ 1,720 s ≈ 29 min
 
-Budget of ``standard`` (an estimate from the step costs above, not a measured wall time): per seed the default
-rows plus the equal-compute rows cost, for colored_mnist at 12 epochs (336 steps per run), none 370 s, +T 540 s,
-TC² 770 s, none@tasks (17 epochs) 520 s, none@tc2 (25 epochs) 770 s, evaluations about 50 s: ≈ 3,000 s per seed,
-≈ 2.5 h for 3 seeds at a load average of 6 and roughly 50-75 minutes on an idle machine. Only colored_mnist's
-epochs rest on a measurement (docs/results.md §9: SimCLR 79.2 average at 6 epochs, 87.8 at 12); the other suites'
-epochs are 3x the cpu preset's and provisional until ``python -m tc2ssl.benchmarks.simclr_curve SUITE`` has
-measured them.
+Budget of ``standard``. Its epochs come from SimCLR's measured curves (``python -m tc2ssl.benchmarks.simclr_curve
+SUITE``, docs/results.md §9.1): colored_mnist 12, digits_transfer 8, pacs 8, cifar10_subset 12, each within about a
+point of a 24-epoch run's end. Measured on pacs (seed 0, train.threads=2 beside one other one-thread job): rows
+random_init 31 s, none 331 s, tasks 347 s, tc2 441 s, and the equal-compute row none@tc2 (11 epochs) about 455 s,
+evaluations included: about 27 minutes per seed, 80 for 3 seeds (docs/results.md §9.2). From the SimCLR curves'
+seconds per epoch (one thread: digits_transfer 25 s for its two pretrainings, pacs 30 s, cifar10_subset 28 s) and
+the same row ratios (tasks ≈ 1.05 × none, tc2 ≈ 1.3 ×, plus the equal-compute rows), the rows random_init, none,
+tasks, tc2 cost per seed about 17 min on digits_transfer, 28 min on cifar10_subset (plus about 22 min for its K
+ablation) and 22 min on colored_mnist (estimates, not measured); gessl and umm rows add about 2 × and 0.5 × a
+SimCLR run each.
 """
 from __future__ import annotations
 
