@@ -43,3 +43,10 @@ def test_markdown_recomputes_the_table_for_results_written_before_it_existed():
     row = next(line for line in lines if line.startswith("| tc2 − tc2_frozen"))
     assert "+2.00" in row and "+2.00, +4.00, +0.00" in row
     assert any(line.startswith("| byol/tc2 − byol/tc2_frozen | +70.00") for line in lines)
+
+
+def test_rows_written_with_only_label_and_plugin_pair_against_none():
+    rows = [{"label": "none", "plugin": "none"}, {"label": "tc2", "plugin": "tc2"},
+            {"label": "tc2_frozen", "plugin": "tc2_frozen"}]
+    controls = tc2_against_controls(rows, RUNS, ["0", "1", "2"], ["acc"])
+    assert controls["tc2_frozen"]["acc"]["mean"] == pytest.approx(0.02)

@@ -703,11 +703,14 @@ def tc2_against_controls(rows: list[dict], runs: dict, keys: list[str], metrics:
     overrides (so ``byol/tc2`` with ``byol/tc2_frozen``). {control label: {"tc2": label, metric: difference}}."""
     from tc2ssl.plugins.tc2_controls import CONTROL_PLUGINS
 
-    tc2_rows = {(row["baseline"], tuple(row["overrides"])): row["label"] for row in rows if row["plugin"] == "tc2"}
+    def key(row: dict) -> tuple:
+        return row.get("baseline", BASELINE), tuple(row.get("overrides", ()))
+
+    tc2_rows = {key(row): row["label"] for row in rows if row.get("plugin") == "tc2"}
     out = {}
     for row in rows:
-        tc2_label = tc2_rows.get((row["baseline"], tuple(row["overrides"])))
-        if row["plugin"] not in CONTROL_PLUGINS or tc2_label is None or row["label"] not in runs:
+        tc2_label = tc2_rows.get(key(row))
+        if row.get("plugin") not in CONTROL_PLUGINS or tc2_label is None or row["label"] not in runs:
             continue
         out[row["label"]] = {"tc2": tc2_label, **{
             m: paired_difference([runs[tc2_label][k]["metrics"][m] for k in keys],
