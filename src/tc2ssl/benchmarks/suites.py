@@ -652,15 +652,9 @@ def summarize_runs(suite: Suite, preset: BenchmarkPreset, base: config_mod.RunCo
     keys = [str(s) for s in seeds]
     summary = {row.label: {m: summarize([runs[row.label][k]["metrics"][m] for k in keys]).as_dict()
                            for m in suite.metrics} for row in rows}
-    paired = {}
-    for row in rows:
-        if row.label != row.baseline and row.baseline in runs:
-            paired[row.label] = {m: paired_difference([runs[row.label][k]["metrics"][m] for k in keys],
-                                                      [runs[row.baseline][k]["metrics"][m] for k in keys],
-                                                      CONFIDENCE).as_dict() for m in suite.metrics}
-    paired_compute = {match.row: {m: paired_difference([runs[match.row][k]["metrics"][m] for k in keys],
-                                                       [runs[match.comparator][k]["metrics"][m] for k in keys],
-                                                       CONFIDENCE).as_dict() for m in suite.metrics}
+    paired = {row.label: paired_rows(runs, row.label, row.baseline, keys, suite.metrics) for row in rows
+              if row.label != row.baseline and row.baseline in runs}
+    paired_compute = {match.row: paired_rows(runs, match.row, match.comparator, keys, suite.metrics)
                       for match in matches or ()}
     universality, paired_universality = {}, {}
     for row in rows:
@@ -697,6 +691,13 @@ def summarize_runs(suite: Suite, preset: BenchmarkPreset, base: config_mod.RunCo
     }
 
 
+def paired_rows(runs: dict, treatment: str, baseline: str, keys: list[str], metrics) -> dict:
+    """{metric: the paired difference treatment − baseline over the seeds ``keys``} of two rows of ``runs``."""
+    return {m: paired_difference([runs[treatment][k]["metrics"][m] for k in keys],
+                                 [runs[baseline][k]["metrics"][m] for k in keys], CONFIDENCE).as_dict()
+            for m in metrics}
+
+
 def tc2_against_controls(rows: list[dict], runs: dict, keys: list[str], metrics: list[str]) -> dict:
     """TC² − each of its controls (``tc2_frozen``, ``random_proj``, ``tasks_nf``), paired over seeds: the share of
     TC²'s gain its learned calibration earns. A control is paired with the ``tc2`` row of the same base row and
@@ -712,10 +713,7 @@ def tc2_against_controls(rows: list[dict], runs: dict, keys: list[str], metrics:
         tc2_label = tc2_rows.get(key(row))
         if row.get("plugin") not in CONTROL_PLUGINS or tc2_label is None or row["label"] not in runs:
             continue
-        out[row["label"]] = {"tc2": tc2_label, **{
-            m: paired_difference([runs[tc2_label][k]["metrics"][m] for k in keys],
-                                 [runs[row["label"]][k]["metrics"][m] for k in keys], CONFIDENCE).as_dict()
-            for m in metrics}}
+        out[row["label"]] = {"tc2": tc2_label, **paired_rows(runs, tc2_label, row["label"], keys, metrics)}
     return out
 
 
