@@ -82,3 +82,19 @@ def test_time_to_the_base_accuracy_is_paired_by_seed_and_counts_seeds_that_never
     assert "none" not in times
     table = "\n".join(time_to_accuracy_markdown({"time_to_baseline": times}))
     assert "| gessl | none | 85.00 | 87.50 | 1/2 | 40 (200) | 15 (150) | 40 |" in table
+
+
+def test_a_post_hoc_runs_curve_starts_at_the_run_it_continues(tmp_path):
+    """A post-hoc run (train.init_from) starts from a finished run's weights, so its point 0 is that run's last
+    point, not a random initialisation (which would draw a jump from untrained accuracy)."""
+    overrides = ["model.backbone=small_cnn_tiny", "data.max_train=96", "train.batch_size=32", "train.progress=false"]
+    base_cfg = config_mod.load_config((), [*overrides, "train.epochs=2", f"out={tmp_path / 'base'}"])
+    data = load_data(base_cfg.data)
+    ctx = SuiteContext({"curve_every": 1, "curve_images": 64}, torch.device("cpu"))
+    _, base_dir = pretrain_backbone(base_cfg, data, ctx)
+    post_cfg = config_mod.load_config((), [*overrides, "train.epochs=1", f"train.init_from={base_dir}",
+                                           f"out={tmp_path / 'post'}"])
+    _, post_dir = pretrain_backbone(post_cfg, data, ctx)
+    base_points, post_points = read_curve(base_dir, 32), read_curve(post_dir, 32)
+    assert post_points[0]["knn"] == base_points[-1]["knn"] != base_points[0]["knn"]
+    assert (post_points[0]["seconds"], post_points[0]["images"]) == (0.0, 0)

@@ -4,10 +4,11 @@ wall-clock and the images seen.
 Every ``suite.curve_every`` epochs (and after the last one) the run's backbone, frozen, is scored by a weighted
 kNN (k = eval.knn_k) on the pretraining data's own labelled splits: at most ``suite.curve_images`` images of its
 train split as the kNN memory and as many of its test split as queries (fixed seed-0 subsets, the same for every
-row). Point 0 is the seeded initialisation, before any step. The points go to ``curve.jsonl`` in the run folder
-(one line per epoch; a resumed run rewrites the epochs it replays), and are joined with the epoch records of
-``metrics.jsonl``: the cumulative training seconds (the kNN's own time is not counted) and the images seen
-(optimiser steps × global batch). The suite's linear probe at the end is the last point's headline metric.
+row). Point 0 is the seeded initialisation, before any step (for a post-hoc run, ``train.init_from``'s
+finished backbone; its seconds and images count the post-hoc training only). The points go to ``curve.jsonl``
+in the run folder (one line per epoch; a resumed run rewrites the epochs it replays), and are joined with the
+epoch records of ``metrics.jsonl``: the cumulative training seconds (the kNN's own time is not counted) and the
+images seen (optimiser steps × global batch). The suite's linear probe at the end is the last point's headline metric.
 
 The hook is a small per-epoch callback (:data:`tc2ssl.train.loop.EPOCH_END_HOOKS`); an online kNN monitor of the
 training loop could serve it later.
@@ -24,7 +25,7 @@ from tc2ssl.eval.features import extract_features
 from tc2ssl.eval.knn import knn_accuracy
 
 CURVE_FILE = "curve.jsonl"
-INIT_EPOCH = -1       # the point of the seeded initialisation
+INIT_EPOCH = -1       # the point of the initialisation (seeded, or a post-hoc run's starting weights)
 
 
 class KnnCurve:

@@ -204,9 +204,11 @@ def pretrain_backbone(cfg: config_mod.RunConfig, data: DataSplits, ctx: SuiteCon
     if curve is None:
         run_dir = pretrain(cfg, data)
     else:
-        if not (run_dir / CHECKPOINT_NAME).exists():   # a fresh run: its curve starts at the initialisation
-            reset_curve(run_dir)
-            curve.record(INIT_EPOCH, random_init_backbone(cfg, int(data.train.images.shape[1])), defer=True)
+        if not (run_dir / CHECKPOINT_NAME).exists():   # a fresh run: its curve starts at the initialisation,
+            reset_curve(run_dir)                        # for a post-hoc run the finished run it starts from
+            start = (load_backbone(Path(cfg.train.init_from))[0] if cfg.train.init_from
+                     else random_init_backbone(cfg, int(data.train.images.shape[1])))
+            curve.record(INIT_EPOCH, start, defer=True)
         with epoch_end_hook(curve):
             run_dir = pretrain(cfg, data)
     backbone, _ = load_backbone(run_dir)
