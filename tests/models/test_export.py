@@ -178,4 +178,7 @@ def test_pretrained_keeps_conv1_and_records_imagenet_normalisation(tmp_path, mon
     imagenet = (x.float().expand(-1, 3, -1, -1) / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) \
         / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     torch.testing.assert_close(transform(x), imagenet, atol=1e-6, rtol=0)
-    torch.testing.assert_close(encoder(transform(x)), backbone(to_unit(x)), atol=ATOL, rtol=0)
+    # the two paths normalise in a different order (adapter inside the backbone, transform outside), and a
+    # ResNet-18's 512 features of size up to about 6 carry that float32 rounding (seen: 1.8e-5 at 6.0, relative
+    # 3e-6); a wrong mean, std or channel order moves them by 1e-2 or more
+    torch.testing.assert_close(encoder(transform(x)), backbone(to_unit(x)), atol=ATOL, rtol=1e-5)
