@@ -41,12 +41,14 @@ Budget of ``standard``. Its epochs come from SimCLR's measured curves (``python 
 SUITE``, docs/results.md §9.1): colored_mnist 12, digits_transfer 8, pacs 8, cifar10_subset 12, each within about a
 point of a 24-epoch run's end. Measured on pacs (seed 0, train.threads=2 beside one other one-thread job): rows
 random_init 31 s, none 331 s, tasks 347 s, tc2 441 s, and the equal-compute row none@tc2 (11 epochs) about 455 s,
-evaluations included: about 27 minutes per seed, 80 for 3 seeds (docs/results.md §9.2). From the SimCLR curves'
-seconds per epoch (one thread: digits_transfer 25 s for its two pretrainings, pacs 30 s, cifar10_subset 28 s) and
-the same row ratios (tasks ≈ 1.05 × none, tc2 ≈ 1.3 ×, plus the equal-compute rows), the rows random_init, none,
-tasks, tc2 cost per seed about 17 min on digits_transfer, 28 min on cifar10_subset (plus about 22 min for its K
-ablation) and 22 min on colored_mnist (estimates, not measured); gessl and umm rows add about 2 × and 0.5 × a
-SimCLR run each.
+evaluations included: about 27 minutes per seed, 80 for 3 seeds (docs/results.md §9.2). Measured on
+digits_transfer and colored_mnist (docs/results.md §9.3-§9.4; train.threads=1, two benchmarks side by side), the
+rows random_init, none, tasks, tc2, umm with their controls (``none +E epochs``, ``none@tasks``, ``none@tc2``):
+digits_transfer about 30 minutes per seed (none 233 s, tasks 252 s, tc2 331 s, umm 208 s, none +4 epochs 114 s,
+none@tasks 275 s, none@tc2 356 s), 90 for 3 seeds; colored_mnist about 40 minutes per seed (none 299 s, tasks
+337 s, tc2 480 s, umm 299 s, none +6 epochs 159 s, none@tasks 342 s, none@tc2 485 s), 2 hours for 3 seeds.
+cifar10_subset was not run at this preset; from the SimCLR curve's 28 s per epoch it costs about 35 minutes per
+seed with the same rows, plus about 22 minutes for its K ablation. gessl rows add about 2 × a SimCLR run each.
 """
 from __future__ import annotations
 
