@@ -41,6 +41,8 @@ def test_unknown_suite_is_a_clear_error_listing_the_suites(capsys):
     (["benchmark", "--plugins", "none,tc3", "pacs"], "plugin.name='tc3' is unknown"),
     (["benchmark", "--preset", "smoke", "cifar10_subset", "suite.k_values=[2,64]"],
      "plugin.n_tasks=64 exceeds train.batch_size=32"),
+    (["benchmark", "--plugins", "tasks", "colored_mnist", "plugin.n_tasks=1"],
+     "which needs plugin.n_tasks >= 2, got 1: set plugin.conflict_every=0"),
 ])
 def test_bad_benchmark_inputs_fail_before_any_work(argv, fragment, capsys, tmp_path):
     assert main([*argv, f"out={tmp_path / 'out'}"]) == 2

@@ -117,6 +117,9 @@ class BilevelTaskPlugin(Plugin):
         batch, k = cfg.train.batch_size, p.n_tasks
         if k > batch:
             raise ConfigError(f"plugin.n_tasks={k} exceeds train.batch_size={batch}")
+        if p.conflict_every and k < 2:   # the inter-task gradient cosine needs a pair of tasks
+            raise ConfigError(f"plugin.conflict_every={p.conflict_every} measures the gradient conflict between tasks, "
+                              f"which needs plugin.n_tasks >= 2, got {k}: set plugin.conflict_every=0 with one task")
         if p.remainder == "error" and batch % k:
             raise ConfigError(f"plugin.remainder=error needs train.batch_size divisible by plugin.n_tasks, got "
                               f"train.batch_size={batch} and plugin.n_tasks={k}: use a multiple of {k} (e.g. "
