@@ -36,3 +36,14 @@ def test_two_pretrainings_per_run_are_summed(tmp_path):
     matches, new_rows = match_compute(rows, runs, "0")
     assert matches[0].epochs == 4 and matches[0].baseline_seconds_per_epoch == 12.0   # 48 s / (24 s / 2 epochs)
     assert new_rows[0].overrides == ("train.epochs=4",)
+
+
+def test_rows_with_the_same_compute_share_one_comparator(tmp_path):
+    rows = [Row("none", "none"), Row("tc2", "tc2"), Row("tc2_frozen", "tc2_frozen"), Row("gessl", "gessl")]
+    seconds = {"none": [10.0] * 4, "tc2": [26.0] * 4, "tc2_frozen": [25.0] * 4, "gessl": [60.0] * 4}
+    runs = {label: {"0": {"run_dirs": [run_folder(tmp_path / label, s)]}} for label, s in seconds.items()}
+    matches, new_rows = match_compute(rows, runs, "0")
+    by_row = {m.row: m for m in matches}
+    assert by_row["tc2_frozen"].epochs == 10 and by_row["tc2_frozen"].comparator == "none@tc2"   # 100 s -> 10
+    assert by_row["gessl"].comparator == "none@gessl" and by_row["gessl"].epochs == 24
+    assert [r.label for r in new_rows] == ["none@tc2", "none@gessl"]

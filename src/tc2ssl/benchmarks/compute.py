@@ -9,8 +9,10 @@ row ``B@R``: B's config trained for
     epochs(B@R) = max(1, round(seconds(R) / (seconds(B) / epochs(B))))
 
 epochs (seconds summed over the row's pretraining folders), the same for every seed. When that equals B's own
-epochs, B itself is the equal-compute comparator and no row is added. The measurement comes from one seed on a
-machine that may be shared, so it carries that run's timing noise; results.json records the seconds it used.
+epochs, B itself is the equal-compute comparator and no row is added; rows that get the same epochs of the same
+B share one comparator (the first such row names it), since its runs would be the same runs again. The
+measurement comes from one seed on a machine that may be shared, so it carries that run's timing noise;
+results.json records the seconds it used.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ def match_compute(rows: list, runs: dict, seed: str) -> tuple[list[ComputeMatch]
     the baseline rows with ``train.epochs`` set). ``rows``: :class:`tc2ssl.benchmarks.suites.Row` objects."""
     by_label = {row.label: row for row in rows}
     matches, new_rows = [], []
+    made: dict[tuple[str, int], str] = {}   # (baseline, epochs) -> the comparator row already added for them
     for row in rows:
         baseline = by_label.get(row.baseline)
         if (baseline is None or row.label == baseline.label or row.untrained or baseline.untrained
@@ -58,8 +61,10 @@ def match_compute(rows: list, runs: dict, seed: str) -> tuple[list[ComputeMatch]
         per_epoch = base_seconds / base_epochs
         epochs = max(1, round(row_seconds / per_epoch))
         comparator = baseline.label
-        if epochs != base_epochs:
-            comparator = f"{baseline.label}@{row.label}"
+        if epochs != base_epochs and (baseline.label, epochs) in made:
+            comparator = made[(baseline.label, epochs)]
+        elif epochs != base_epochs:
+            comparator = made[(baseline.label, epochs)] = f"{baseline.label}@{row.label}"
             new_rows.append(replace(baseline, label=comparator, overrides=(*baseline.overrides,
                                                                            f"train.epochs={epochs}"),
                                     baseline=baseline.label, equal_compute=False))
