@@ -43,6 +43,10 @@ def test_unknown_suite_is_a_clear_error_listing_the_suites(capsys):
      "plugin.n_tasks=64 exceeds train.batch_size=32"),
     (["benchmark", "--plugins", "tasks", "colored_mnist", "plugin.n_tasks=1"],
      "which needs plugin.n_tasks >= 2, got 1: set plugin.conflict_every=0"),
+    (["benchmark", "--plugins", "none,tc2 plugin.beta1", "pacs"], "'plugin.beta1' is not key=value"),
+    (["benchmark", "--plugins", "none,tc2 plugin.beta=0.01", "pacs"], "plugin.beta"),
+    (["benchmark", "--plugins", "none,tc2 plugin.beta1=-1", "pacs"], "plugin.beta1=-1"),
+    (["benchmark", "--plugins", "none,umm train.lr=1", "pacs"], "umm takes no per-row overrides"),
 ])
 def test_bad_benchmark_inputs_fail_before_any_work(argv, fragment, capsys, tmp_path):
     assert main([*argv, f"out={tmp_path / 'out'}"]) == 2
@@ -246,6 +250,25 @@ def test_methods_add_rows_paired_within_their_own_method(capsys, tmp_path):
     assert "byol/none" not in result["paired"] and "none" not in result["paired"]
     assert main(["benchmark", "--methods", "byol,dino", "pacs", f"out={tmp_path / 'o'}"]) == 2
     assert "unknown SSL method 'dino'" in one_line_error(capsys) and not (tmp_path / "o").exists()
+
+
+def test_a_row_variant_carries_its_overrides_only_into_its_own_runs(tmp_path):
+    """``--plugins 'tc2 plugin.beta1=0.01'``: a tc2 row with that override, beside the plain tc2 row, paired with
+    the same none runs, in its own folder; with --methods it becomes METHOD/variant with the method's override."""
+    from tc2ssl.benchmarks.suites import method_rows, plugin_row, run_config
+
+    variant = plugin_row("tc2 plugin.beta1=0.01  plugin.n_tasks=2")
+    assert variant == Row("tc2 plugin.beta1=0.01  plugin.n_tasks=2", "tc2", ("plugin.beta1=0.01", "plugin.n_tasks=2"))
+    assert variant.baseline == "none" and variant.equal_compute
+    plain, varied = (run_config(["model.backbone=small_cnn_tiny"], row, 1, tmp_path)
+                     for row in (plugin_row("tc2"), variant))
+    assert (plain.plugin.beta1, plain.plugin.n_tasks) == (0.05, 4)
+    assert (varied.plugin.beta1, varied.plugin.n_tasks, varied.plugin.name) == (0.01, 2, "tc2")
+    assert plain.out != varied.out and varied.seed == plain.seed == 1
+    base = config_mod.load_config((), ["method.name=simclr"])
+    (byol_variant,) = method_rows(base, ["tc2 plugin.beta1=0.01"], ["byol"])
+    assert byol_variant == Row("byol/tc2 plugin.beta1=0.01", "tc2", ("method.name=byol", "plugin.beta1=0.01"),
+                               "byol/none")
 
 
 def test_random_init_row_is_the_untrained_start_of_the_pretraining(tmp_path):

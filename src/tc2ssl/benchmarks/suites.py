@@ -400,6 +400,20 @@ def posthoc_rows(base: config_mod.RunConfig, plugins: list[str], options: dict) 
     return [control, *(Row(p, p, start, baseline=control.label, equal_compute=False) for p in wanted)]
 
 
+def plugin_row(spec: str) -> Row:
+    """The row of one ``--plugins`` entry: a plug-in name, or a variant ``NAME key=value ...`` whose overrides apply
+    to that row only (an ablation beside the default rows, paired with the same ``none`` runs), labelled by the
+    entry's text."""
+    name, *overrides = spec.split()
+    if overrides and name in (RANDOM_INIT, *POSTHOC_PLUGINS):
+        raise ConfigError(f"--plugins {spec!r}: {name} takes no per-row overrides (give them to every row as "
+                          "key=value instead)")
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"--plugins {spec!r}: {bad[0]!r} is not key=value (a row variant is 'NAME key=value ...')")
+    return Row(spec, name, tuple(overrides))
+
+
 def method_rows(base: config_mod.RunConfig, plugins: list[str], methods: list[str] | tuple[str, ...]) -> list[Row]:
     """Rows ``METHOD/PLUGIN`` for every method of ``methods`` other than the base config's (``--methods``)."""
     from tc2ssl.methods import METHODS
@@ -408,8 +422,9 @@ def method_rows(base: config_mod.RunConfig, plugins: list[str], methods: list[st
     for method in dict.fromkeys(m.strip() for m in methods if m.strip()):
         METHODS.get(method)  # an unknown name fails here, listing the valid ones
         if method != base.method.name:
-            rows += [Row(f"{method}/{p}", p, (f"method.name={method}",), f"{method}/none") for p in plugins
-                     if p != RANDOM_INIT]  # the random-init backbone does not depend on the method
+            rows += [Row(f"{method}/{row.label}", row.plugin, (f"method.name={method}", *row.overrides),
+                         f"{method}/none") for row in map(plugin_row, plugins)
+                     if row.label != RANDOM_INIT]  # the random-init backbone does not depend on the method
     return rows
 
 
@@ -569,7 +584,7 @@ def run_benchmark(suite_name: str, preset_name: str = "cpu",
     fixed = [o for o in cfg_overrides if o.partition("=")[0].strip() == "data.name"]
     if fixed:
         raise ConfigError(f"{fixed[0]!r}: suite {suite.name!r} sets data.name itself")
-    plugins = list(dict.fromkeys(p.strip() for p in plugins if p.strip()))
+    plugins = list(dict.fromkeys(" ".join(p.split()) for p in plugins if p.strip()))
     seeds = list(dict.fromkeys(preset.seeds if seeds is None else seeds))
     if not plugins or not seeds:
         raise ConfigError("a benchmark needs at least one plug-in (--plugins) and one seed (--seeds)")
@@ -577,7 +592,7 @@ def run_benchmark(suite_name: str, preset_name: str = "cpu",
                       *cfg_overrides]
     base = config_mod.load_config((), base_overrides)
     out = Path(base.out)
-    rows = [Row(p, BASELINE, untrained=True) if p == RANDOM_INIT else Row(p, p) for p in plugins
+    rows = [Row(p, BASELINE, untrained=True) if p == RANDOM_INIT else plugin_row(p) for p in plugins
             if p not in POSTHOC_PLUGINS]
     rows += suite.extra_rows(base, plugins, options) if suite.extra_rows else []
     rows += posthoc_rows(base, plugins, options)
