@@ -47,8 +47,9 @@ rows random_init, none, tasks, tc2, umm with their controls (``none +E epochs``,
 digits_transfer about 30 minutes per seed (none 233 s, tasks 252 s, tc2 331 s, umm 208 s, none +4 epochs 114 s,
 none@tasks 275 s, none@tc2 356 s), 90 for 3 seeds; colored_mnist about 40 minutes per seed (none 299 s, tasks
 337 s, tc2 480 s, umm 299 s, none +6 epochs 159 s, none@tasks 342 s, none@tc2 485 s), 2 hours for 3 seeds.
-cifar10_subset was not run at this preset; from the SimCLR curve's 28 s per epoch it costs about 35 minutes per
-seed with the same rows, plus about 22 minutes for its K ablation. gessl rows add about 2 × a SimCLR run each.
+cifar10_subset (docs/results.md §9.5, the same rows and conditions, ``suite.k_values=[4]``): about 41 minutes per
+seed (none 323 s, tasks 269 s, tc2 411 s, umm 297 s, none +6 epochs 181 s, none@tasks 417 s, none@tc2 564 s), 2 h
+for 3 seeds, plus an estimated 22 minutes per seed for its K ablation. gessl rows add about 2 × a SimCLR run each.
 """
 from __future__ import annotations
 
