@@ -47,3 +47,15 @@ def test_rows_with_the_same_compute_share_one_comparator(tmp_path):
     assert by_row["tc2_frozen"].epochs == 10 and by_row["tc2_frozen"].comparator == "none@tc2"   # 100 s -> 10
     assert by_row["gessl"].comparator == "none@gessl" and by_row["gessl"].epochs == 24
     assert [r.label for r in new_rows] == ["none@tc2", "none@gessl"]
+
+
+def test_controls_from_the_plugins_list_get_no_comparator(tmp_path):
+    """``--plugins none,tc2,random_proj``: random_proj is slower than SimCLR but is compared with TC², not given
+    SimCLR epochs of its own."""
+    from tc2ssl.benchmarks.suites import plugin_row
+
+    rows = [plugin_row(spec) for spec in ("none", "tc2", "random_proj", "tasks_nf")]
+    seconds = {"none": [10.0] * 4, "tc2": [26.0] * 4, "random_proj": [20.0] * 4, "tasks_nf": [15.0] * 4}
+    runs = {label: {"0": {"run_dirs": [run_folder(tmp_path / label, s)]}} for label, s in seconds.items()}
+    matches, new_rows = match_compute(rows, runs, "0")
+    assert [m.row for m in matches] == ["tc2"] and [r.label for r in new_rows] == ["none@tc2"]

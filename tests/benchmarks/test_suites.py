@@ -271,6 +271,20 @@ def test_a_row_variant_carries_its_overrides_only_into_its_own_runs(tmp_path):
                                "byol/none")
 
 
+def test_calibration_controls_get_no_equal_compute_comparator():
+    """The controls are compared with TC² at equal epochs; a comparator run of their own would be wasted compute.
+    The plug-in rows (gessl included) keep theirs, with --methods too (tests/benchmarks/test_compute.py: the
+    matching skips them)."""
+    from tc2ssl.benchmarks.suites import method_rows, plugin_row
+
+    controls = ["tc2_frozen", "random_proj", "tasks_nf", "tc2_frozen plugin.beta1=0.01"]
+    assert not any(plugin_row(spec).equal_compute for spec in controls)
+    assert all(plugin_row(spec).equal_compute for spec in ("none", "tasks", "tc2", "gessl", "tc2 plugin.beta1=0.01"))
+    base = config_mod.load_config((), ["method.name=simclr"])
+    byol = {row.label: row.equal_compute for row in method_rows(base, ["none", "tc2", "tc2_frozen"], ["byol"])}
+    assert byol == {"byol/none": True, "byol/tc2": True, "byol/tc2_frozen": False}
+
+
 def test_random_init_row_is_the_untrained_start_of_the_pretraining(tmp_path):
     """The ``random_init`` row evaluates the very weights the same seed's pretraining starts from."""
     from tc2ssl.benchmarks.suites import SuiteContext, pretrain_backbone

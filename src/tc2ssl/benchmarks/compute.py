@@ -12,7 +12,9 @@ epochs (seconds summed over the row's pretraining folders), the same for every s
 epochs, B itself is the equal-compute comparator and no row is added; rows that get the same epochs of the same
 B share one comparator (the first such row names it), since its runs would be the same runs again. The
 measurement comes from one seed on a machine that may be shared, so it carries that run's timing noise;
-results.json records the seconds it used.
+results.json records the seconds it used. Rows marked ``equal_compute=False`` get no comparator: the K
+variants, the post-hoc rows (paired with their own plain-SSL control) and TC²'s calibration controls (compared with
+TC² at equal epochs).
 """
 from __future__ import annotations
 

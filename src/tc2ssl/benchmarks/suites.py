@@ -403,7 +403,11 @@ def posthoc_rows(base: config_mod.RunConfig, plugins: list[str], options: dict) 
 def plugin_row(spec: str) -> Row:
     """The row of one ``--plugins`` entry: a plug-in name, or a variant ``NAME key=value ...`` whose overrides apply
     to that row only (an ablation beside the default rows, paired with the same ``none`` runs), labelled by the
-    entry's text."""
+    entry's text. The calibration controls (``tc2_frozen``, ``random_proj``, ``tasks_nf``) get no equal-compute
+    comparator: they are compared with TC² at equal epochs (:func:`tc2_against_controls`), and no user picks a
+    control for its accuracy per second."""
+    from tc2ssl.plugins.tc2_controls import CONTROL_PLUGINS
+
     name, *overrides = spec.split()
     if overrides and name in (RANDOM_INIT, *POSTHOC_PLUGINS):
         raise ConfigError(f"--plugins {spec!r}: {name} takes no per-row overrides (give them to every row as "
@@ -411,7 +415,7 @@ def plugin_row(spec: str) -> Row:
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"--plugins {spec!r}: {bad[0]!r} is not key=value (a row variant is 'NAME key=value ...')")
-    return Row(spec, name, tuple(overrides))
+    return Row(spec, name, tuple(overrides), equal_compute=name not in CONTROL_PLUGINS)
 
 
 def method_rows(base: config_mod.RunConfig, plugins: list[str], methods: list[str] | tuple[str, ...]) -> list[Row]:
@@ -422,8 +426,9 @@ def method_rows(base: config_mod.RunConfig, plugins: list[str], methods: list[st
     for method in dict.fromkeys(m.strip() for m in methods if m.strip()):
         METHODS.get(method)  # an unknown name fails here, listing the valid ones
         if method != base.method.name:
-            rows += [Row(f"{method}/{row.label}", row.plugin, (f"method.name={method}", *row.overrides),
-                         f"{method}/none") for row in map(plugin_row, plugins)
+            rows += [dataclasses.replace(row, label=f"{method}/{row.label}", baseline=f"{method}/none",
+                                         overrides=(f"method.name={method}", *row.overrides))
+                     for row in map(plugin_row, plugins)
                      if row.label != RANDOM_INIT]  # the random-init backbone does not depend on the method
     return rows
 
