@@ -1,5 +1,8 @@
 """Equal-compute rows: the baseline's epochs are the plug-in's training seconds over the baseline's per epoch."""
 import json
+from pathlib import Path
+
+import pytest
 
 from tc2ssl.benchmarks.compute import match_compute
 from tc2ssl.benchmarks.suites import Row
@@ -59,3 +62,64 @@ def test_controls_from_the_plugins_list_get_no_comparator(tmp_path):
     runs = {label: {"0": {"run_dirs": [run_folder(tmp_path / label, s)]}} for label, s in seconds.items()}
     matches, new_rows = match_compute(rows, runs, "0")
     assert [m.row for m in matches] == ["tc2"] and [r.label for r in new_rows] == ["none@tc2"]
+
+
+def test_step_timing_gives_each_row_its_cost_against_its_baseline_timed_in_the_same_rounds(tmp_path):
+    """seconds(R) = Σ_f median(t_R/t_B)·median(t_B)·steps(R_f); one timing per (baseline, folder) with every new row
+    in it; the measurement is kept in OUT/equal_compute.json and reused; a row added later is timed alone with
+    its baseline again."""
+    from tc2ssl.benchmarks.compute import TIMING_FILE, step_timing_seconds
+
+    step_s = {"none": 1.0, "tasks": 1.1, "tc2": 1.5, "gessl": 2.0}   # per step, per folder
+    calls = []
+
+    def fake_timer(run_dirs, rounds):
+        labels = [Path(d).parent.name for d in run_dirs]
+        calls.append(labels)
+        load = [1.0 + 0.5 * r for r in range(rounds)]    # the machine slows down round after round
+        return [[step_s[label] * factor for factor in load] for label in labels]
+
+    def steps_folder(label, folder, steps):
+        path = tmp_path / label / folder
+        run_folder(path, [1.0] * 4)
+        lines = path.joinpath("metrics.jsonl").read_text().splitlines()
+        path.joinpath("metrics.jsonl").write_text("\n".join([*lines[:-1], json.dumps(
+            {"kind": "epoch", "epoch": 3, "step": steps, "seconds": 1.0})]) + "\n")
+        return str(path)
+
+    labels = ["none", "tasks", "tc2", "gessl"]
+    runs = {label: {"0": {"run_dirs": [steps_folder(label, "grey", 40), steps_folder(label, "rgb", 40)]}}
+            for label in labels}
+    rows = [Row(label, label) for label in labels[:3]]
+    seconds = step_timing_seconds(rows, runs, "0", tmp_path, rounds=3, timer=fake_timer)
+    assert calls == [["none", "tasks", "tc2"]] * 2          # one interleaved set per folder
+    assert seconds["tasks"] == pytest.approx((2 * 1.1 * 1.5 * 40, 2 * 1.5 * 40))   # median load factor 1.5
+    assert seconds["tc2"] == pytest.approx((2 * 1.5 * 1.5 * 40, 2 * 1.5 * 40))
+    matches, _ = match_compute(rows, runs, "0", seconds)
+    assert {m.row: m.epochs for m in matches} == {"tasks": 4, "tc2": 6}     # 4 epochs × 1.1 → 4, × 1.5 → 6
+    assert json.loads((tmp_path / TIMING_FILE).read_text())["tc2"]["baseline"] == "none"
+
+    calls.clear()
+    rows.append(Row("gessl", "gessl"))
+    again = step_timing_seconds(rows, runs, "0", tmp_path, rounds=3, timer=fake_timer)
+    assert calls == [["none", "gessl"]] * 2                  # the stored rows are not timed again
+    assert again["tc2"] == seconds["tc2"] and again["gessl"][0] == pytest.approx(2 * 2.0 * 1.5 * 40)
+
+
+def test_step_timing_of_real_runs_rebuilds_their_configs_and_leaves_the_folders_alone(tmp_path):
+    """The interleaved timer on two finished tiny pretrainings: positive times per round, and the run folders are
+    not written to (no checkpoint, metrics or lock touched)."""
+    from tc2ssl import config as config_mod
+    from tc2ssl.benchmarks.compute import time_training_steps
+    from tc2ssl.train.loop import pretrain
+
+    dirs = []
+    for plugin in ("none", "tasks"):
+        cfg = config_mod.load_config((), ["model.backbone=small_cnn_tiny", "data.max_train=64",
+                                          "train.batch_size=32", "train.epochs=1", "train.progress=false",
+                                          f"plugin.name={plugin}", f"out={tmp_path / plugin}"])
+        dirs.append(pretrain(cfg))
+    before = {p: p.stat().st_mtime_ns for d in dirs for p in Path(d).rglob("*")}
+    times = time_training_steps(dirs, rounds=3, warmup=1)
+    assert len(times) == 2 and all(len(t) == 3 and min(t) > 0 for t in times)
+    assert {p: p.stat().st_mtime_ns for d in dirs for p in Path(d).rglob("*")} == before

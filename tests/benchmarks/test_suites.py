@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from tc2ssl import config as config_mod
+from tc2ssl.errors import ConfigError
 from tc2ssl.benchmarks import SUITES, get_preset
 from tc2ssl.benchmarks.suites import (Row, colored_training_data, k_ablation_rows, results_markdown, suite_options,
                                       summarize_runs)
@@ -61,7 +62,9 @@ def test_suite_options_parse_and_default_from_the_preset():
                        "posthoc_epochs": 0}
     assert rest == ["train.epochs=2"]
     options, _ = suite_options(suite, get_preset("standard"), ["suite.curve_every=3"])
-    assert options["curve_every"] == 3 and options["equal_compute"] == 1
+    assert options["curve_every"] == 3 and options["equal_compute"] == 2   # interleaved step timing
+    with pytest.raises(ConfigError, match="suite.equal_compute=3"):
+        suite_options(suite, get_preset("standard"), ["suite.equal_compute=3"])
     options, _ = suite_options(SUITES.get("cifar10_subset"), get_preset("smoke"), ["suite.k_values=[2,16]"])
     assert options["k_values"] == [2, 16] and options["max_test"] == 300
 
@@ -369,3 +372,26 @@ def test_benchmark_config_presets_reach_every_row_before_the_users_overrides(mon
     assert "plugin.view_agreement=true" in seen["overrides"][:-1] and "plugin.weight_mode=shrink" in seen["overrides"]
     cfg = config_mod.load_config((), seen["overrides"])
     assert cfg.plugin.weight_mode == "shrink" and cfg.plugin.view_agreement is False
+
+
+@pytest.mark.data
+@pytest.mark.filterwarnings("ignore")
+def test_equal_compute_from_step_timing_end_to_end(shared_data, tmp_path):
+    """``suite.equal_compute=2``: the seed-0 runs are timed in interleaved rounds, the comparator's epochs follow,
+    and a second invocation on the same folder reuses the stored timing (same epochs, file untouched)."""
+    args = ["benchmark", "--preset", "smoke", "--plugins", "none,tc2", "colored_mnist", f"out={tmp_path / 'cm'}",
+            "suite.equal_compute=2", "train.epochs=2"]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "cm" / "results.json").read_text())
+    timing_file = tmp_path / "cm" / "equal_compute.json"
+    timing = json.loads(timing_file.read_text())
+    (folder,) = timing["tc2"]["folders"]
+    assert timing["tc2"]["baseline"] == "none" and folder["ratio"] > 0 and folder["row_steps"] == 2 * 4
+    match = result["equal_compute"]["tc2"]
+    assert match["epochs"] == max(1, round(2 * folder["ratio"] * folder["row_steps"] / folder["baseline_steps"]))
+    assert match["comparator"] == ("none" if match["epochs"] == 2 else "none@tc2")
+    assert result["options"]["equal_compute"] == 2
+    stamp = timing_file.stat().st_mtime_ns
+    assert main(args) == 0
+    assert timing_file.stat().st_mtime_ns == stamp
+    assert json.loads((tmp_path / "cm" / "results.json").read_text())["equal_compute"] == result["equal_compute"]

@@ -11,7 +11,9 @@ the defaults of the suite options (``suite.KEY=VALUE`` on the command line):
 * ``rho``: P(colour = class) in the ``colored_mnist`` training split;
 * ``curve_every``: record the time-to-accuracy kNN every this many epochs (0 = off) on ``curve_images`` train and
   test images of the pretraining data (:mod:`tc2ssl.benchmarks.curves`);
-* ``equal_compute``: 1 = add the equal-compute baseline rows (:mod:`tc2ssl.benchmarks.compute`), 0 = not;
+* ``equal_compute``: add the equal-compute baseline rows (:mod:`tc2ssl.benchmarks.compute`), their epochs from
+  2 = interleaved step timing in one process (the measuring presets), 1 = the runs' own training seconds;
+  0 = no such rows;
 * ``posthoc_epochs``: the epochs of the post-hoc rows (``umm`` and its control ``none +E epochs``); 0 = half the
   pretraining epochs.
 
@@ -108,7 +110,7 @@ CPU = BenchmarkPreset(
 )
 
 #: the time-to-accuracy and equal-compute options of the measuring presets (standard, paper)
-MEASURING_OPTIONS = {"curve_every": 2, "curve_images": 1000, "equal_compute": 1}
+MEASURING_OPTIONS = {"curve_every": 2, "curve_images": 1000, "equal_compute": 2}
 
 STANDARD = BenchmarkPreset(
     name="standard",

@@ -49,7 +49,7 @@ import yaml
 
 from tc2ssl import config as config_mod
 from tc2ssl.benchmarks.checks import checks_markdown, read_run_diagnostics, run_checks
-from tc2ssl.benchmarks.compute import match_compute
+from tc2ssl.benchmarks.compute import COMPUTE_FROM_STEP_TIMING, match_compute, step_timing_seconds
 from tc2ssl.benchmarks.curves import INIT_EPOCH, KnnCurve, read_curve, reset_curve, time_to_reach
 from tc2ssl.benchmarks.plots import plot_k_curve, plot_metric_bars, plot_time_to_accuracy
 from tc2ssl.benchmarks.presets import SUITE_OPTION_DEFAULTS, BenchmarkPreset, get_preset
@@ -500,6 +500,7 @@ def suite_options(suite: Suite, preset: BenchmarkPreset, overrides: list[str]) -
             ok = isinstance(parsed, (int, float)) and not isinstance(parsed, bool) and 0.0 <= parsed <= 1.0
         else:
             ok = isinstance(parsed, int) and not isinstance(parsed, bool) and parsed >= 0
+            ok = ok and (name != "equal_compute" or parsed <= 2)
         if not ok:
             raise ConfigError(f"bad suite option {item!r}: expected {type(default).__name__} like {default!r}")
         options[name] = float(parsed) if isinstance(default, float) else parsed
@@ -613,7 +614,9 @@ def run_benchmark(suite_name: str, preset_name: str = "cpu",
         for row in rows:
             runs[row.label][str(seed)] = run_row(suite, row, run_cfgs[(row.label, seed)], ctx)
         if seed == seeds[0] and options.get("equal_compute"):
-            matches, compute_rows = match_compute(rows, runs, str(seed))
+            timed = (step_timing_seconds(rows, runs, str(seed), out)
+                     if options["equal_compute"] == COMPUTE_FROM_STEP_TIMING else None)
+            matches, compute_rows = match_compute(rows, runs, str(seed), timed)
             for row in compute_rows:   # the baseline at each plug-in's wall-clock, from this seed on
                 run_cfgs.update({(row.label, other): run_config(base_overrides, row, other, out) for other in seeds})
                 runs[row.label] = {str(seed): run_row(suite, row, run_cfgs[(row.label, seed)], ctx)}
