@@ -13,21 +13,20 @@ B share one comparator (the first such row names it), since its runs would be th
 
 Where seconds(R) and seconds(B) come from (suite option ``equal_compute``):
 
-* ``2`` (the measuring presets): **interleaved step timing** (:func:`measure_step_costs`). The seed-0 runs' own
+* ``2`` (the measuring presets): **interleaved step timing** (:func:`step_timing_seconds`). The seed-0 runs' own
   configs are rebuilt in this process and one training step of each is timed in turn, round after round, on the
   same batches; R's cost is the median over rounds of t(R)/t(B), times B's median step time, times R's total
   steps. Both sides see the same machine load, so the ratio holds on a shared machine. It was made the default
   after the runs' own seconds proved unusable there: on the 2-core machine with other benchmarks beside it, one
   SimCLR run's epochs took 31-45 s depending on what ran beside it, and GeSSL's seconds on digits_transfer gave
-  its comparator 22 SimCLR epochs where interleaved timing gives 14 (GeSSL's step is 1.75-1.87x SimCLR's). The measurement is written to ``OUT/equal_compute.json`` and
-  reused by later invocations on the same folder (seeds added, merges), so every seed gets the same epochs.
+  its comparator 22 SimCLR epochs where interleaved timing gives 15 (GeSSL's step is about 1.9x SimCLR's). The
+  measurement is written to ``OUT/equal_compute.json`` and reused by later invocations on the same folder (seeds
+  added, merges), so every seed gets the same epochs.
 * ``1``: the runs' own training seconds (metrics.jsonl's epoch records). Right on an otherwise idle machine;
   how the results of 2026-12-06 and before (docs/results.md §9.3-§9.5) were matched.
 
 Rows marked ``equal_compute=False`` get no comparator: the K variants, the post-hoc rows (paired with their own
-plain-SSL control) and TC²'s calibration controls (compared with TC² at equal epochs). Rows marked ``equal_compute=False`` get no comparator: the K
-variants, the post-hoc rows (paired with their own plain-SSL control) and TC²'s calibration controls (compared with
-TC² at equal epochs).
+plain-SSL control) and TC²'s calibration controls (compared with TC² at equal epochs).
 """
 from __future__ import annotations
 
@@ -121,9 +120,10 @@ def time_training_steps(run_dirs: list[Path], rounds: int = 10, warmup: int = 2)
     """Seconds of one training step of each run folder's config, timed in ``warmup + rounds`` interleaved rounds
     (round r: one step of every config in turn, all on the same batch of the first config's training images, in
     the given order on even rounds and the reverse on odd ones: on a loaded machine the first step of a round was
-    measured slower); the warm-up rounds are dropped. Each config is rebuilt as its training loop builds it (method, plug-in and its
-    ``on_fit_start``, the optimiser over the trainable parameters); a step is what the loop does per batch:
-    zero_grad, the plug-in's training step under the run's autocast, the optimiser step, ``after_step``."""
+    measured slower); the warm-up rounds are dropped. Each config is rebuilt as its training loop builds it
+    (method, plug-in and its ``on_fit_start``, the optimiser over the trainable parameters); a step is what the
+    loop does per batch: zero_grad, the plug-in's training step under the run's autocast, the optimiser step,
+    ``after_step`` (not the loop's logging and monitoring, which cost every row alike)."""
     from tc2ssl.data import load_data
     from tc2ssl.plugins.base import StepInfo, trainable_parameters
     from tc2ssl.train.loop import build_run, load_run_config
