@@ -95,8 +95,10 @@ def test_step_timing_gives_each_row_its_cost_against_its_baseline_timed_in_the_s
     assert calls == [["none", "tasks", "tc2"]] * 2          # one interleaved set per folder
     assert seconds["tasks"] == pytest.approx((2 * 1.1 * 1.5 * 40, 2 * 1.5 * 40))   # median load factor 1.5
     assert seconds["tc2"] == pytest.approx((2 * 1.5 * 1.5 * 40, 2 * 1.5 * 40))
-    matches, _ = match_compute(rows, runs, "0", seconds)
+    matches, new_rows = match_compute(rows, runs, "0", seconds)
     assert {m.row: m.epochs for m in matches} == {"tasks": 4, "tc2": 6}     # 4 epochs × 1.1 → 4, × 1.5 → 6
+    assert new_rows == [Row("none@tc2", "none", ("train.epochs=6", "plugin.conflict_every=0"), "none",
+                            equal_compute=False)]
     assert json.loads((tmp_path / TIMING_FILE).read_text())["tc2"]["baseline"] == "none"
 
     calls.clear()
@@ -123,3 +125,27 @@ def test_step_timing_of_real_runs_rebuilds_their_configs_and_leaves_the_folders_
     times = time_training_steps(dirs, rounds=3, warmup=1)
     assert len(times) == 2 and all(len(t) == 3 and min(t) > 0 for t in times)
     assert {p: p.stat().st_mtime_ns for d in dirs for p in Path(d).rglob("*")} == before
+
+
+def test_the_conflict_diagnostic_changes_no_weight(tmp_path):
+    """Comparators matched on step timing train with plugin.conflict_every=0; that is the same training only if the
+    diagnostic's extra gradients leave the weights alone: two tiny SimCLR runs, with and without it, end
+    bit-identical."""
+    import torch
+
+    from tc2ssl import config as config_mod
+    from tc2ssl.train.checkpoint import CHECKPOINT_NAME
+    from tc2ssl.train.loop import pretrain
+
+    states = []
+    for every in (1, 0):
+        cfg = config_mod.load_config((), ["model.backbone=small_cnn_tiny", "data.max_train=64", "train.batch_size=32",
+                                          "train.epochs=2", "train.progress=false", f"plugin.conflict_every={every}",
+                                          f"out={tmp_path / str(every)}"])
+        run_dir = pretrain(cfg)
+        states.append(torch.load(Path(run_dir) / CHECKPOINT_NAME, weights_only=False)["method"])
+    with_diagnostic, without = states
+    assert with_diagnostic.keys() == without.keys()
+    assert all(torch.equal(with_diagnostic[k], without[k]) for k in without)
+    assert (tmp_path / "1" / "metrics.jsonl").read_text().count("conflict/cos_mean") > 0
+    assert (tmp_path / "0" / "metrics.jsonl").read_text().count("conflict/cos_mean") == 0

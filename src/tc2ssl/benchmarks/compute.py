@@ -22,6 +22,10 @@ Where seconds(R) and seconds(B) come from (suite option ``equal_compute``):
   its comparator 22 SimCLR epochs where interleaved timing gives 15 (GeSSL's step is about 1.9x SimCLR's). The
   measurement is written to ``OUT/equal_compute.json`` and reused by later invocations on the same folder (seeds
   added, merges), so every seed gets the same epochs.
+  The timed steps run without the inter-task conflict diagnostic (``plugin.conflict_every=0``): it is a
+  measurement, not part of a method, and it is not equally dear to every row (SimCLR pays K extra backward passes
+  for it, 3-4x its own step on the 2-core CPU; TC² and +T reuse task gradients they compute anyway). The
+  comparator rows then also train without it (it changes no weight).
 * ``1``: the runs' own training seconds (metrics.jsonl's epoch records). Right on an otherwise idle machine;
   how the results of 2026-12-06 and before (docs/results.md §9.3-§9.5) were matched.
 
@@ -88,6 +92,9 @@ def match_compute(rows: list, runs: dict, seed: str,
     None: the runs' own wall-clock."""
     matches, new_rows = [], []
     made: dict[tuple[str, int], str] = {}   # (baseline, epochs) -> the comparator row already added for them
+    # matched on the methods' own cost (step timing), a comparator also trains without the conflict diagnostic:
+    # it changes no weight (its gradients are discarded), and its runs' seconds then show the cost matched
+    untimed = ("plugin.conflict_every=0",) if seconds is not None else ()
     for row, baseline in compute_pairs(rows):
         row_seconds, _ = _seconds_and_epochs(runs[row.label][seed])
         base_seconds, base_epochs = _seconds_and_epochs(runs[baseline.label][seed])
@@ -104,8 +111,8 @@ def match_compute(rows: list, runs: dict, seed: str,
             comparator = made[(baseline.label, epochs)]
         elif epochs != base_epochs:
             comparator = made[(baseline.label, epochs)] = f"{baseline.label}@{row.label}"
-            new_rows.append(replace(baseline, label=comparator, overrides=(*baseline.overrides,
-                                                                           f"train.epochs={epochs}"),
+            new_rows.append(replace(baseline, label=comparator,
+                                    overrides=(*baseline.overrides, f"train.epochs={epochs}", *untimed),
                                     baseline=baseline.label, equal_compute=False))
         matches.append(ComputeMatch(row.label, comparator, epochs, row_seconds, per_epoch))
     return matches, new_rows
@@ -123,13 +130,17 @@ def time_training_steps(run_dirs: list[Path], rounds: int = 10, warmup: int = 2)
     measured slower); the warm-up rounds are dropped. Each config is rebuilt as its training loop builds it
     (method, plug-in and its ``on_fit_start``, the optimiser over the trainable parameters); a step is what the
     loop does per batch: zero_grad, the plug-in's training step under the run's autocast, the optimiser step,
-    ``after_step`` (not the loop's logging and monitoring, which cost every row alike)."""
+    ``after_step`` (not the loop's logging and monitoring, which cost every row alike), with the conflict
+    diagnostic off (``plugin.conflict_every=0``)."""
     from tc2ssl.data import load_data
     from tc2ssl.plugins.base import StepInfo, trainable_parameters
     from tc2ssl.train.loop import build_run, load_run_config
     from tc2ssl.train.schedule import build_optimizer
 
+    # the inter-task conflict diagnostic is a measurement, not part of any method: SimCLR pays K extra backward
+    # passes for it, TC² reuses gradients it has anyway; timed without it, each row costs what its method costs
     cfgs = [load_run_config(Path(run_dir)) for run_dir in run_dirs]
+    cfgs = [replace(cfg, plugin=replace(cfg.plugin, conflict_every=0)) for cfg in cfgs]
     data_cache: dict[str, object] = {}
     built = []
     for cfg in cfgs:
