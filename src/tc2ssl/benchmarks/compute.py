@@ -24,7 +24,7 @@ Where seconds(R) and seconds(B) come from (suite option ``equal_compute``):
   added, merges), so every seed gets the same epochs.
   The timed steps run without the inter-task conflict diagnostic (``plugin.conflict_every=0``): it is a
   measurement, not part of a method, and it is not equally dear to every row (SimCLR pays K extra backward passes
-  for it, 3-4x its own step on the 2-core CPU; TC² and +T reuse task gradients they compute anyway). The
+  for it, 2-3x its own step on the 2-core CPU; TC² and +T reuse task gradients they compute anyway). The
   comparator rows then also train without it (it changes no weight).
 * ``1``: the runs' own training seconds (metrics.jsonl's epoch records). Right on an otherwise idle machine;
   how the results of 2026-12-06 and before (docs/results.md §9.3-§9.5) were matched.
