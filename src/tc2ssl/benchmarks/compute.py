@@ -18,8 +18,9 @@ Where seconds(R) and seconds(B) come from (suite option ``equal_compute``):
   same batches; R's cost is the median over rounds of t(R)/t(B), times B's median step time, times R's total
   steps. Both sides see the same machine load, so the ratio holds on a shared machine. It was made the default
   after the runs' own seconds proved unusable there: on the 2-core machine with other benchmarks beside it, one
-  SimCLR run's epochs took 31-45 s depending on what ran beside it, and GeSSL's seconds on digits_transfer gave
-  its comparator 22 SimCLR epochs where interleaved timing gives 15 (GeSSL's step is about 1.9x SimCLR's). The
+  SimCLR run's epochs took 31-45 s depending on what ran beside it. With the diagnostic below also counted, the
+  runs' seconds gave GeSSL's comparator on digits_transfer 22 SimCLR epochs; interleaved timing of the methods'
+  own steps puts GeSSL at 3.7-3.9 SimCLR steps, 30 epochs (docs/results.md §9). The
   measurement is written to ``OUT/equal_compute.json`` and reused by later invocations on the same folder (seeds
   added, merges), so every seed gets the same epochs.
   The timed steps run without the inter-task conflict diagnostic (``plugin.conflict_every=0``): it is a
