@@ -500,7 +500,9 @@ def suite_options(suite: Suite, preset: BenchmarkPreset, overrides: list[str]) -
             ok = isinstance(parsed, (int, float)) and not isinstance(parsed, bool) and 0.0 <= parsed <= 1.0
         else:
             ok = isinstance(parsed, int) and not isinstance(parsed, bool) and parsed >= 0
-            ok = ok and (name != "equal_compute" or parsed <= 2)
+            if ok and name == "equal_compute" and parsed > 2:
+                raise ConfigError(f"bad suite option {item!r}: 0 = no equal-compute rows, 1 = matched on the runs' "
+                                  "own seconds, 2 = on interleaved step timing")
         if not ok:
             raise ConfigError(f"bad suite option {item!r}: expected {type(default).__name__} like {default!r}")
         options[name] = float(parsed) if isinstance(default, float) else parsed
