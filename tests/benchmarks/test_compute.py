@@ -52,6 +52,25 @@ def test_rows_with_the_same_compute_share_one_comparator(tmp_path):
     assert [r.label for r in new_rows] == ["none@tc2", "none@gessl"]
 
 
+def test_rows_within_the_timing_noise_share_a_comparator_and_keep_their_own_epochs(tmp_path):
+    """colored_mnist's timing: tasks 2.04 and tasks beta1=0.01 1.93 SimCLR steps (25 and 23 epochs of 12) share one
+    comparator of 25 epochs; tc2 at 35 and 36 share one of 35; 30 epochs is 14% from 35 and gets its own."""
+    rows = [Row("none", "none"), Row("tasks", "tasks"), Row("tc2", "tc2"),
+            Row("tasks b", "tasks", ("plugin.beta1=0.01",)), Row("tc2 b", "tc2", ("plugin.beta1=0.01",)),
+            Row("gessl", "gessl")]
+    seconds = {"none": [10.0] * 12, "tasks": [20.8] * 12, "tc2": [29.2] * 12, "tasks b": [19.2] * 12,
+               "tc2 b": [30.0] * 12, "gessl": [25.0] * 12}
+    runs = {label: {"0": {"run_dirs": [run_folder(tmp_path / label, s)]}} for label, s in seconds.items()}
+    matches, new_rows = match_compute(rows, runs, "0")
+    by_row = {m.row: m for m in matches}
+    assert [(by_row[r].comparator, by_row[r].epochs, by_row[r].measured_epochs) for r in by_row] == [
+        ("none@tasks", 25, 25), ("none@tc2", 35, 35), ("none@tasks", 25, 23), ("none@tc2", 35, 36),
+        ("none@gessl", 30, 30)]
+    assert [(r.label, r.overrides) for r in new_rows] == [
+        ("none@tasks", ("train.epochs=25",)), ("none@tc2", ("train.epochs=35",)), ("none@gessl", ("train.epochs=30",))]
+    assert by_row["tasks b"].as_dict()["measured_epochs"] == 23
+
+
 def test_controls_from_the_plugins_list_get_no_comparator(tmp_path):
     """``--plugins none,tc2,random_proj``: random_proj is slower than SimCLR but is compared with TC², not given
     SimCLR epochs of its own."""

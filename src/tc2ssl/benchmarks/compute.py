@@ -8,8 +8,12 @@ with baseline B (R's ``baseline``) gets the row ``B@R``: B's config trained for
     epochs(B@R) = max(1, round(seconds(R) / (seconds(B) / epochs(B))))
 
 epochs (seconds summed over the row's pretraining folders), the same for every seed. When that equals B's own
-epochs, B itself is the equal-compute comparator and no row is added; rows that get the same epochs of the same
-B share one comparator (the first such row names it), since its runs would be the same runs again.
+epochs, B itself is the equal-compute comparator and no row is added. Rows of the same B whose epochs lie within
+``SHARE_TOLERANCE`` (10%) of a comparator already made share it (the first such row names it and sets its epochs;
+each match keeps its own measured epochs as ``measured_epochs``): the step timing repeats to about ±5%, so two rows
+of the same cost (``tasks`` and ``tasks plugin.beta1=0.01`` on colored_mnist measured 2.04 and 1.93 SimCLR steps,
+25 and 23 epochs) would otherwise each get a comparator of their own, that is, the same runs again at a cost of
+hours.
 
 Where seconds(R) and seconds(B) come from (suite option ``equal_compute``):
 
@@ -49,6 +53,8 @@ from tc2ssl.train.checkpoint import atomic_write_text
 #: the suite option ``equal_compute``: 0 = no comparator rows, 1 = the runs' own seconds, 2 = interleaved timing
 COMPUTE_FROM_RUN_SECONDS, COMPUTE_FROM_STEP_TIMING = 1, 2
 TIMING_FILE = "equal_compute.json"
+#: rows of one baseline whose matched epochs differ by at most this fraction share one comparator
+SHARE_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -60,10 +66,12 @@ class ComputeMatch:
     epochs: int
     row_seconds: float
     baseline_seconds_per_epoch: float
+    measured_epochs: int = 0   # the row's own match; ``epochs`` differs from it when it shares a comparator
 
     def as_dict(self) -> dict:
         return {"comparator": self.comparator, "epochs": self.epochs, "row_seconds": self.row_seconds,
-                "baseline_seconds_per_epoch": self.baseline_seconds_per_epoch}
+                "baseline_seconds_per_epoch": self.baseline_seconds_per_epoch,
+                "measured_epochs": self.measured_epochs or self.epochs}
 
 
 def _seconds_and_epochs(record: dict) -> tuple[float, int]:
@@ -106,16 +114,18 @@ def match_compute(rows: list, runs: dict, seed: str,
         if base_epochs == 0 or base_seconds <= 0.0:
             continue
         per_epoch = base_seconds / base_epochs
-        epochs = max(1, round(row_seconds / per_epoch))
+        measured = epochs = max(1, round(row_seconds / per_epoch))
         comparator = baseline.label
-        if epochs != base_epochs and (baseline.label, epochs) in made:
-            comparator = made[(baseline.label, epochs)]
-        elif epochs != base_epochs:
+        shared = [(label, made_epochs) for (base, made_epochs), label in made.items()
+                  if base == baseline.label and abs(made_epochs - measured) <= SHARE_TOLERANCE * made_epochs]
+        if measured != base_epochs and shared:
+            comparator, epochs = min(shared, key=lambda item: abs(item[1] - measured))
+        elif measured != base_epochs:
             comparator = made[(baseline.label, epochs)] = f"{baseline.label}@{row.label}"
             new_rows.append(replace(baseline, label=comparator,
                                     overrides=(*baseline.overrides, f"train.epochs={epochs}", *untimed),
                                     baseline=baseline.label, equal_compute=False))
-        matches.append(ComputeMatch(row.label, comparator, epochs, row_seconds, per_epoch))
+        matches.append(ComputeMatch(row.label, comparator, epochs, row_seconds, per_epoch, measured))
     return matches, new_rows
 
 
