@@ -168,3 +168,21 @@ def test_the_conflict_diagnostic_changes_no_weight(tmp_path):
     assert all(torch.equal(with_diagnostic[k], without[k]) for k in without)
     assert (tmp_path / "1" / "metrics.jsonl").read_text().count("conflict/cos_mean") > 0
     assert (tmp_path / "0" / "metrics.jsonl").read_text().count("conflict/cos_mean") == 0
+
+
+def test_the_results_table_names_the_matching_and_a_shared_comparators_own_epochs():
+    from tc2ssl.benchmarks.suites import compute_markdown
+
+    interval = {"mean": 0.01, "ci_low": -0.02, "ci_high": 0.04}
+    result = {"metrics": ["average"], "options": {"equal_compute": 2},
+              "equal_compute": {"tasks": {"comparator": "none@tasks", "epochs": 25, "row_seconds": 300.0,
+                                          "measured_epochs": 25},
+                                "tasks b": {"comparator": "none@tasks", "epochs": 25, "row_seconds": 280.0,
+                                            "measured_epochs": 23}},
+              "paired_compute": {"tasks": {"average": interval}, "tasks b": {"average": interval}}}
+    lines = compute_markdown(result)
+    assert "each method's step cost" in lines[1]
+    assert lines[-2].startswith("| tasks | none@tasks (25) | 300 |")
+    assert lines[-1].startswith("| tasks b | none@tasks (25; this row's own match 23) | 280 |")
+    result["options"]["equal_compute"] = 1
+    assert "training wall-clock of the first seed" in compute_markdown(result)[1]

@@ -848,13 +848,19 @@ def compute_markdown(result: dict) -> list[str]:
     matches, metrics = result.get("equal_compute") or {}, result["metrics"]
     if not matches:
         return []
-    lines = ["", "## Paired difference at equal compute (training wall-clock of the first seed), points, mean "
+    source = ("each method's step cost, timed interleaved on the first seed"
+              if result.get("options", {}).get("equal_compute") == COMPUTE_FROM_STEP_TIMING
+              else "training wall-clock of the first seed")
+    lines = ["", f"## Paired difference at equal compute ({source}), points, mean "
              f"[{CONFIDENCE:.0%} t-interval]", "",
              "| row | comparator (epochs) | row's seconds | " + " | ".join(metrics) + " |",
              "|---|---|---|" + "---|" * len(metrics)]
     for label, match in matches.items():
         cells = [_interval(result["paired_compute"][label][m]) for m in metrics]
-        lines.append(f"| {label} | {match['comparator']} ({match['epochs']}) | {match['row_seconds']:.0f} | "
+        measured = match.get("measured_epochs", match["epochs"])
+        epochs = (match["epochs"] if measured == match["epochs"]
+                  else f"{match['epochs']}; this row's own match {measured}")
+        lines.append(f"| {label} | {match['comparator']} ({epochs}) | {match['row_seconds']:.0f} | "
                      + " | ".join(cells) + " |")
     return lines
 
