@@ -66,12 +66,12 @@ class ComputeMatch:
     epochs: int
     row_seconds: float
     baseline_seconds_per_epoch: float
-    measured_epochs: int = 0   # the row's own match; ``epochs`` differs from it when it shares a comparator
+    measured_epochs: int   # the row's own match; ``epochs`` differs from it when it shares a comparator
 
     def as_dict(self) -> dict:
         return {"comparator": self.comparator, "epochs": self.epochs, "row_seconds": self.row_seconds,
                 "baseline_seconds_per_epoch": self.baseline_seconds_per_epoch,
-                "measured_epochs": self.measured_epochs or self.epochs}
+                "measured_epochs": self.measured_epochs}
 
 
 def _seconds_and_epochs(record: dict) -> tuple[float, int]:
