@@ -175,6 +175,7 @@ def _dispatch(args) -> int:
     if args.command == "figure1":
         from tc2ssl.diagnostics.figure1 import run_figure1
 
+        args.overrides = ["plugin.conflict_every=1", *args.overrides]   # Fig. 1 is per iteration; yours win
         cfg, plugins = _config_per_plugin(args, "figure1")
         try:
             seeds = [int(x) for x in args.seeds.split(",") if x.strip()]

@@ -161,7 +161,8 @@ class PluginConfig:
                                    "batch's Z_fᵀZ_f (the Eq. 1 optimum at step 0; docs/tc2.md)")
     weight_hidden: int = bounded(64, 1)
     gate_bias_init: float = 2.0
-    conflict_every: int = bounded(1, 0, help="log inter-task gradient cosine every j steps (0 = off)")
+    conflict_every: int = bounded(10, 0, help="log the inter-task gradient cosine every j steps (0 = off); each "
+                                              "measurement costs a plain SSL run K extra backward passes")
     conflict_params: str = choice("all", ("all", "backbone"))
     conflict_tasks: int = bounded(2, 2, help="tasks the plain baseline's batch is split into for the conflict metric")
     health_every: int = bounded(1, 1)

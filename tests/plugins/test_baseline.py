@@ -106,6 +106,15 @@ def test_conflict_every_and_epoch_summary(make_run):
     assert run.plugin.epoch_summary(1) == {}                                        # reset after each epoch
 
 
+def test_training_measures_the_conflict_every_tenth_step_by_default(make_run):
+    """The diagnostic costs a plain run K extra backward passes, so by default it is logged on every 10th step."""
+    run = make_run()
+    assert run.cfg.plugin.conflict_every == 10
+    logged = ["conflict/cos_mean" in run.plugin.training_step(images_of(run), StepInfo(epoch=0, step=s, seed=s))
+              for s in (0, 1, 9, 10, 20)]
+    assert logged == [True, False, False, True, True]
+
+
 def test_baseline_views_are_made_in_float32_under_a_bf16_autocast(make_run):
     """Augmentation runs outside autocast (as TC²'s does): bf16 views would be quantised before the encoder sees
     them; the encoder itself still runs under the autocast."""

@@ -546,7 +546,7 @@ EPOCH_COLUMNS = {"kind", "epoch", "step", "loss", "seconds"}
 def test_pretrain_two_epochs_writes_finite_metrics(digits, tmp_path, plugin, method):
     """T17: 2 epochs of Baseline, +T and TC² with SimCLR and BYOL: finite losses, the documented log columns."""
     cfg = load_config((), [f"plugin.name={plugin}", f"method.name={method}", *TINY, "train.epochs=2",
-                           "train.log_every=1", f"out={tmp_path / plugin}"])
+                           "train.log_every=1", "plugin.conflict_every=1", f"out={tmp_path / plugin}"])
     out = pretrain(cfg, digits)
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -2,7 +2,8 @@
 
 The paper (Fig. 1(b)(c)) plots, for SimCLR+T, the per-epoch cosine similarity between the gradients of the tasks
 of a batch: it fluctuates and is often negative. ``tc2ssl figure1`` pretrains each plug-in (default: ``tasks`` = +T
-and ``tc2``) for each seed with the conflict metric logged every ``plugin.conflict_every`` steps, then writes:
+and ``tc2``) for each seed with the conflict metric logged every ``plugin.conflict_every`` steps (the command sets
+1, every iteration, unless you give another), then writes:
 
 - ``conflict.csv``: one row per measured step: epoch, step, plugin, seed, mean, min, frac_negative, space;
 - ``conflict_epochs.csv``: the per-epoch summaries;
