@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated rows: plug-in names, and random_init (the untrained backbone, evaluated "
                    "only); default: random_init,none,tasks,tc2,gessl (with gessl and none also 'none batch=N/M'). "
                    "A row variant 'NAME key=value ...' (e.g. 'tc2 plugin.beta1=0.01') adds that plug-in with "
-                   "overrides for its row only")
+                   "overrides for its row only; preset=NAME there stands for a config preset's overrides (e.g. "
+                   "'tc2 preset=calibrated')")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's)")
     p.add_argument("--methods", default="", help="further SSL methods, comma-separated: rows METHOD/PLUGIN for "
                    "every plug-in, paired with METHOD/none (the base method.name keeps the plain rows)")

@@ -395,3 +395,23 @@ def test_equal_compute_from_step_timing_end_to_end(shared_data, tmp_path):
     assert main(args) == 0
     assert timing_file.stat().st_mtime_ns == stamp
     assert json.loads((tmp_path / "cm" / "results.json").read_text())["equal_compute"] == result["equal_compute"]
+
+
+def test_a_row_variant_with_preset_gets_the_presets_overrides_and_fails_on_an_unknown_one(tmp_path):
+    """``--plugins 'tc2 preset=calibrated'``: the config ``-p calibrated`` gives every row, for this row only, beside
+    the default tc2 row; the label keeps the entry's text (its own folder). An unknown preset names itself."""
+    from tc2ssl.benchmarks.suites import plugin_row, run_config
+
+    row = plugin_row("tc2 preset=calibrated plugin.beta1=0.01")
+    assert row.label == "tc2 preset=calibrated plugin.beta1=0.01" and row.plugin == "tc2" and row.equal_compute
+    assert row.overrides == (*config_mod.preset_overrides("calibrated"), "plugin.beta1=0.01")
+    varied = run_config(["model.backbone=small_cnn_tiny"], row, 0, tmp_path)
+    expected = config_mod.load_config(("calibrated",), ["model.backbone=small_cnn_tiny", "plugin.name=tc2",
+                                                         "plugin.beta1=0.01"])
+    calibrated = ("shrink", "subspace", True)
+    assert (varied.plugin.weight_mode, varied.plugin.factor_mode, varied.plugin.view_agreement) == calibrated
+    assert varied.plugin == expected.plugin and varied.plugin.beta1 == 0.01
+    plain = run_config(["model.backbone=small_cnn_tiny"], plugin_row("tc2"), 0, tmp_path)
+    assert plain.plugin.weight_mode != "shrink" and plain.out != varied.out
+    with pytest.raises(ConfigError, match="unknown preset 'nonesuch'"):
+        plugin_row("tc2 preset=nonesuch")

@@ -403,7 +403,9 @@ def posthoc_rows(base: config_mod.RunConfig, plugins: list[str], options: dict) 
 def plugin_row(spec: str) -> Row:
     """The row of one ``--plugins`` entry: a plug-in name, or a variant ``NAME key=value ...`` whose overrides apply
     to that row only (an ablation beside the default rows, paired with the same ``none`` runs), labelled by the
-    entry's text. The calibration controls (``tc2_frozen``, ``random_proj``, ``tasks_nf``) get no equal-compute
+    entry's text. ``preset=NAME`` in a variant stands for a config preset's overrides (``tc2 preset=calibrated``
+    is the row ``tc2ssl benchmark -p calibrated`` would give, beside the default tc2 row). The calibration
+    controls (``tc2_frozen``, ``random_proj``, ``tasks_nf``) get no equal-compute
     comparator: they are compared with TC² at equal epochs (:func:`tc2_against_controls`), and no user picks a
     control for its accuracy per second."""
     from tc2ssl.plugins.tc2_controls import CONTROL_PLUGINS
@@ -415,7 +417,9 @@ def plugin_row(spec: str) -> Row:
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"--plugins {spec!r}: {bad[0]!r} is not key=value (a row variant is 'NAME key=value ...')")
-    return Row(spec, name, tuple(overrides), equal_compute=name not in CONTROL_PLUGINS)
+    expanded = [item for o in overrides
+                for item in (config_mod.preset_overrides(o.split("=", 1)[1]) if o.startswith("preset=") else [o])]
+    return Row(spec, name, tuple(expanded), equal_compute=name not in CONTROL_PLUGINS)
 
 
 def method_rows(base: config_mod.RunConfig, plugins: list[str], methods: list[str] | tuple[str, ...]) -> list[Row]:
