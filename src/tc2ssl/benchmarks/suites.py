@@ -731,20 +731,33 @@ def paired_rows(runs: dict, treatment: str, baseline: str, keys: list[str], metr
 
 def tc2_against_controls(rows: list[dict], runs: dict, keys: list[str], metrics: list[str]) -> dict:
     """TC² − each of its controls (``tc2_frozen``, ``random_proj``, ``tasks_nf``), paired over seeds: the share of
-    TC²'s gain its learned calibration earns. A control is paired with the ``tc2`` row of the same base row and
-    overrides (so ``byol/tc2`` with ``byol/tc2_frozen``). {control label: {"tc2": label, metric: difference}}."""
-    from tc2ssl.plugins.tc2_controls import CONTROL_PLUGINS
+    TC²'s gain its learned calibration earns. Every TC² row is paired with the controls of the same base row and
+    overrides (so ``byol/tc2`` with ``byol/tc2_frozen``). A TC² variant that changes only calibrator settings
+    (:data:`~tc2ssl.plugins.tc2_controls.CALIBRATOR_SETTINGS`, e.g. ``tc2 preset=calibrated``) and has no controls of
+    its own is paired with the default controls of its base: another calibrator measured against the same fixed
+    maps. A variant of the task step itself (``tc2 K=2``, ``tc2 plugin.beta1=0.01``) is paired only with controls of
+    its own settings. {"TC² label − control label": {"tc2": label, "control": label, metric: difference}}."""
+    from tc2ssl.plugins.tc2_controls import CALIBRATOR_SETTINGS, CONTROL_PLUGINS
 
     def key(row: dict) -> tuple:
         return row.get("baseline", BASELINE), tuple(row.get("overrides", ()))
 
-    tc2_rows = {key(row): row["label"] for row in rows if row.get("plugin") == "tc2"}
+    def calibrator_only(overrides: tuple) -> bool:
+        return all(item.split("=", 1)[0] in CALIBRATOR_SETTINGS for item in overrides)
+
+    controls: dict[tuple, list[str]] = {}
+    for row in rows:
+        if row.get("plugin") in CONTROL_PLUGINS and row["label"] in runs:
+            controls.setdefault(key(row), []).append(row["label"])
     out = {}
     for row in rows:
-        tc2_label = tc2_rows.get(key(row))
-        if row.get("plugin") not in CONTROL_PLUGINS or tc2_label is None or row["label"] not in runs:
+        if row.get("plugin") != "tc2" or row["label"] not in runs:
             continue
-        out[row["label"]] = {"tc2": tc2_label, **paired_rows(runs, tc2_label, row["label"], keys, metrics)}
+        base, overrides = key(row)
+        own = controls.get((base, overrides))
+        for control in own or (controls.get((base, ()), []) if calibrator_only(overrides) else []):
+            out[f"{row['label']} − {control}"] = {"tc2": row["label"], "control": control,
+                                                  **paired_rows(runs, row["label"], control, keys, metrics)}
     return out
 
 
@@ -761,13 +774,15 @@ def controls_markdown(result: dict) -> list[str]:
              f"[{CONFIDENCE:.0%} t-interval]", "",
              "`tc2_frozen`: the calibrator frozen at initialisation; `random_proj`: a fixed random n_f projection; "
              "`tasks_nf`: +T on the batch's top-n_f subspace. A difference near 0 says that control's fixed map "
-             "gives what the learned calibration gives.", "",
+             "gives what the learned calibration gives. A TC² variant that changes only the calibrator and has no "
+             "controls of its own settings is paired with the default controls.", "",
              "| TC² row − control | " + " | ".join(metrics) + f" | {primary}, seed by seed |",
              "|---|" + "---|" * (len(metrics) + 1)]
     for label, by_metric in controls.items():
         cells = [_interval(by_metric[m]) for m in metrics]
         per_seed = ", ".join(_points(v) for v in by_metric[primary]["differences"])
-        lines.append(f"| {by_metric['tc2']} − {label} | " + " | ".join(cells) + f" | {per_seed} |")
+        control = by_metric.get("control", label)      # results.json before 2026-12-07 keyed by the control
+        lines.append(f"| {by_metric['tc2']} − {control} | " + " | ".join(cells) + f" | {per_seed} |")
     return lines
 
 

@@ -31,6 +31,15 @@ from tc2ssl.tc2.calibrator import Calibrator
 #: the control plug-ins, each paired with the ``tc2`` row of the same method in a benchmark's attribution table
 CONTROL_PLUGINS = ("tc2_frozen", "random_proj", "tasks_nf")
 
+#: the ``plugin.*`` keys that only TC²'s learned calibrator reads (f_v, f_w and their stage-1 training): the part
+#: every control replaces. A TC² row variant that changes only these (``tc2 preset=calibrated``) is another
+#: calibrator on the same task step, so the benchmark pairs it with the default controls of its base.
+CALIBRATOR_SETTINGS = frozenset(f"plugin.{key}" for key in (
+    "lam_s", "stage1_ssl_weight", "l1_coef", "alpha1", "alpha2", "alpha3", "alpha4", "stage1_mode",
+    "stage1_optimizer", "stage1_grad_clip", "stage1_adam_lr", "weight_mode", "l1_scale", "l1_relative_coef",
+    "factor_mode", "factor_power_steps", "view_agreement", "task_context", "detach_v_in_lw", "lw_rows",
+    "use_loss_v", "use_loss_w", "factor_hidden", "factor_init", "weight_hidden", "gate_bias_init"))
+
 #: the stream constant that derives random_proj's fixed projection from the run's seed
 PROJECTION_STREAM = 0x9E0F
 
