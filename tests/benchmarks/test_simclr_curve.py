@@ -1,6 +1,7 @@
 """The SimCLR curve that sizes the standard preset: snapshots on disk, headline scores per snapshot, resumable."""
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -35,3 +36,19 @@ def test_curve_scores_every_snapshot_and_a_rerun_reuses_them(shared_data, tmp_pa
     assert simclr_curve.main(args) == 0
     again = json.loads((tmp_path / "fig" / "colored_mnist_simclr_curve.json").read_text())
     assert again["headline"] == first["headline"]
+
+
+def test_curve_of_another_base_method_trains_that_method_into_its_own_files(shared_data, tmp_path):
+    args = ["colored_mnist", "--method", "byol", "--epochs", "1", "--every", "1", "--headline-every", "1",
+            "--out", str(tmp_path / "fig"), "--runs", str(tmp_path / "runs"), *SMALL]
+    assert simclr_curve.main(args) == 0
+    assert not (tmp_path / "fig" / "colored_mnist_simclr_curve.json").exists()   # SimCLR's curve is not overwritten
+    measured = json.loads((tmp_path / "fig" / "colored_mnist_byol_curve.json").read_text())
+    assert measured["method"] == "byol" and measured["config"]["method"]["name"] == "byol"
+    assert (tmp_path / "fig" / "colored_mnist_byol_curve.png").is_file()
+    assert sorted(measured["headline"]) == ["1"] and measured["headline"]["1"] == measured["final"]
+
+
+def test_curve_refuses_the_method_as_an_override(tmp_path):
+    with pytest.raises(SystemExit):
+        simclr_curve.main(["colored_mnist", "--out", str(tmp_path), "method.name=byol"])

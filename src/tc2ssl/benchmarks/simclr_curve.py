@@ -1,7 +1,8 @@
 """SimCLR's accuracy against epochs on a suite: the measurement that sizes the ``standard`` preset.
 
 ``python -m tc2ssl.benchmarks.simclr_curve SUITE [--epochs 24] [--every 2] [--headline-every 4] [--seed 0]
-[--out DIR] [key=value ...]`` pretrains SimCLR (plug-in ``none``) once at the ``cpu`` preset's data, backbone and
+[--method simclr] [--out DIR] [key=value ...]`` pretrains SimCLR (plug-in ``none``; another base method with
+``--method``, e.g. ``byol``: is the preset near *its* plateau too?) once at the ``cpu`` preset's data, backbone and
 batch with ``--epochs`` epochs, and records
 
 * the frozen-backbone kNN accuracy every ``--every`` epochs (the benchmark's time-to-accuracy curve), and
@@ -14,7 +15,8 @@ curve is a lower bound of what a run of e epochs reaches; where it flattens is t
 
 Resumable: the snapshots are files in the run folders (``snapshots/epoch{E}.safetensors``), so re-running the same
 command after a kill continues the pretraining from its last epoch checkpoint (a finished one is reused) and scores
-every snapshot on disk.
+every snapshot on disk. Another method writes ``SUITE_METHOD_curve.json`` / ``.png`` and keeps its run folders under
+``runs/METHOD_curve`` (``--runs``).
 """
 from __future__ import annotations
 
@@ -88,6 +90,11 @@ def headline_curve(suite_name: str, overrides: list[str], seed: int, runs_root: 
     return results
 
 
+def curve_name(suite: str, method: str) -> str:
+    """The file stem of a curve: ``SUITE_simclr_curve`` (the preset-sizing curves) or ``SUITE_METHOD_curve``."""
+    return f"{suite}_{method}_curve"
+
+
 def plot_curve(measured: dict, png_path: Path) -> Path:
     fig = _figure(7, 4)
     ax = fig.add_subplot(1, 1, 1)
@@ -99,7 +106,8 @@ def plot_curve(measured: dict, png_path: Path) -> Path:
     ax.axhline(100 * measured["random_init"][primary], linestyle=":", color="grey", label="random init (headline)")
     ax.set_xlabel("epochs")
     ax.set_ylabel("accuracy (%)")
-    return _save(fig, ax, f"SimCLR on {measured['suite']} (cpu preset data, seed {measured['seed']}): "
+    method = {"simclr": "SimCLR", "byol": "BYOL"}.get(measured.get("method", "simclr"), measured.get("method"))
+    return _save(fig, ax, f"{method} on {measured['suite']} (cpu preset data, seed {measured['seed']}): "
                           f"accuracy against epochs", png_path)
 
 
@@ -110,13 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=2)
     parser.add_argument("--headline-every", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", default="simclr", help="the base SSL method (plug-in none) to measure")
     parser.add_argument("--out", default="docs/figures/benchmarks/curves")
-    parser.add_argument("--runs", default="runs/simclr_curve", help="where the run folders go")
+    parser.add_argument("--runs", default=None, help="where the run folders go (default runs/METHOD_curve)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)
-    out, runs = Path(args.out), Path(args.runs) / args.suite
+    out, runs = Path(args.out), Path(args.runs or f"runs/{args.method}_curve") / args.suite
+    if any(o.partition("=")[0].strip() == "method.name" for o in args.overrides):
+        parser.error("give the method with --method, not method.name=")
     overrides = [f"train.epochs={args.epochs}", f"suite.curve_every={args.every}", "suite.equal_compute=0",
-                 "method.name=simclr", *args.overrides]
+                 f"method.name={args.method}", *args.overrides]
     snapshots = Snapshots(args.headline_every, args.epochs - 1)
     start = time.perf_counter()
     with epoch_end_hook(snapshots):
@@ -125,15 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     seed_runs = runs / f"none_seed{args.seed}"
     headline = headline_curve(args.suite, [*overrides], args.seed, seed_runs, runs)
     measured = {
-        "suite": args.suite, "seed": args.seed, "epochs": args.epochs, "primary": result["primary"],
+        "suite": args.suite, "method": args.method, "seed": args.seed, "epochs": args.epochs,
+        "primary": result["primary"],
         "config": result["config"], "wall_seconds": wall,
         "random_init": result["runs"][RANDOM_INIT][str(args.seed)]["metrics"],
         "final": result["runs"]["none"][str(args.seed)]["metrics"],
         "knn_curve": result["curves"]["none"], "headline": {str(e): m for e, m in headline.items()},
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.suite}_simclr_curve.json").write_text(json.dumps(measured, indent=2) + "\n", encoding="utf-8")
-    plot_curve(measured, out / f"{args.suite}_simclr_curve.png")
+    name = curve_name(args.suite, args.method)
+    (out / f"{name}.json").write_text(json.dumps(measured, indent=2) + "\n", encoding="utf-8")
+    plot_curve(measured, out / f"{name}.png")
     print(json.dumps({k: measured[k] for k in ("random_init", "final", "headline")}, indent=2))
     return 0
 
