@@ -98,3 +98,26 @@ def test_a_post_hoc_runs_curve_starts_at_the_run_it_continues(tmp_path):
     base_points, post_points = read_curve(base_dir, 32), read_curve(post_dir, 32)
     assert post_points[0]["knn"] == base_points[-1]["knn"] != base_points[0]["knn"]
     assert (post_points[0]["seconds"], post_points[0]["images"]) == (0.0, 0)
+
+
+def test_a_base_that_ends_below_its_untrained_start_is_flagged_not_timed_as_zero():
+    """The base's final kNN (0.25) is below its untrained point (0.3): every curve "reaches" it at 0 s, which the
+    table must not present as a speed. One seed like that, one normal seed."""
+    def record(points):
+        return {"curve": {"run": points}}
+
+    runs = {"byol/none": {"0": record(curve((0.3, 0, 0), (0.2, 20, 0), (0.25, 40, 0))),
+                          "1": record(curve((0.1, 0, 0), (0.2, 20, 0), (0.4, 40, 0)))},
+            "byol/tc2": {"0": record(curve((0.3, 0, 0), (0.28, 30, 0), (0.26, 60, 0))),
+                         "1": record(curve((0.1, 0, 0), (0.2, 30, 0), (0.3, 60, 0)))}}
+    rows = [Row("byol/none", "none", baseline="byol/none"), Row("byol/tc2", "tc2", baseline="byol/none")]
+    times = baseline_time_to_accuracy(rows, runs, ["0", "1"])
+    assert times["byol/tc2"]["base_no_gain"] == 1 and times["byol/tc2"]["reached"] == 1
+    table = "\n".join(time_to_accuracy_markdown({"time_to_baseline": times}))
+    assert "| byol/tc2 | byol/none † |" in table
+    assert "† byol/none ends no higher than its untrained start (the kNN at 0 images) on 1 of 2 seed(s)" in table
+    # a base that gains on every seed is not flagged
+    runs["byol/none"]["0"] = record(curve((0.1, 0, 0), (0.2, 20, 0), (0.25, 40, 0)))
+    times = baseline_time_to_accuracy(rows, runs, ["0", "1"])
+    assert times["byol/tc2"]["base_no_gain"] == 0
+    assert "†" not in "\n".join(time_to_accuracy_markdown({"time_to_baseline": times}))

@@ -790,7 +790,9 @@ def baseline_time_to_accuracy(rows: list[Row], runs: dict, keys: list[str]) -> d
     """Per row with a time-to-accuracy curve and a base row that has one: per seed, the training seconds and
     images at which the row's curve first reaches the base's final kNN accuracy of the same seed, against the
     seconds and images at which the base itself first reaches it (:func:`tc2ssl.benchmarks.curves.time_to_reach`);
-    the seeds where the row never reaches it are counted, not averaged."""
+    the seeds where the row never reaches it are counted, not averaged. ``base_no_gain`` counts the seeds where the
+    base's final kNN is not above its own starting point (the untrained backbone, 0 images): there every row
+    "reaches" it at 0 s, which says nothing about speed (the table says so)."""
     out = {}
     for row in rows:
         if row.label == row.baseline or row.baseline not in runs:
@@ -803,12 +805,14 @@ def baseline_time_to_accuracy(rows: list[Row], runs: dict, keys: list[str]) -> d
                 break
             target = base_curve[-1]["knn"]
             per_seed.append({"target": target, "base": time_to_reach(base_curve, target),
-                             "row": time_to_reach(row_curve, target), "row_final": row_curve[-1]["knn"]})
+                             "row": time_to_reach(row_curve, target), "row_final": row_curve[-1]["knn"],
+                             "no_gain": base_curve[0]["images"] == 0 and base_curve[0]["knn"] >= target})
         if len(per_seed) != len(keys) or not per_seed:
             continue
         reached = [s for s in per_seed if s["row"] is not None]
         out[row.label] = {
             "baseline": row.baseline, "seeds": len(per_seed), "reached": len(reached),
+            "base_no_gain": sum(s["no_gain"] for s in per_seed),
             "target_knn": statistics.fmean(s["target"] for s in per_seed),
             "row_final_knn": statistics.fmean(s["row_final"] for s in per_seed),
             "base_seconds": statistics.fmean(s["base"]["seconds"] for s in per_seed),
@@ -894,13 +898,18 @@ def time_to_accuracy_markdown(result: dict) -> list[str]:
              "| row | base | base's final kNN % | row's final kNN % | seeds reaching it | base: seconds (images) | "
              "row: seconds (images), over the seeds that reach it | base's seconds on those seeds |",
              "|---|---|---|---|---|---|---|---|"]
+    no_gain = {t["baseline"]: (t["base_no_gain"], t["seeds"]) for t in times.values() if t.get("base_no_gain")}
     for label, t in times.items():
         row_cell = ("never" if t["row_seconds"] is None
                     else f"{t['row_seconds']:.0f} ({t['row_images']:.0f})")
         base_of_reached = "" if t["base_seconds_of_reached"] is None else f"{t['base_seconds_of_reached']:.0f}"
-        lines.append(f"| {label} | {t['baseline']} | {100 * t['target_knn']:.2f} | {100 * t['row_final_knn']:.2f} | "
-                     f"{t['reached']}/{t['seeds']} | {t['base_seconds']:.0f} ({t['base_images']:.0f}) | {row_cell} | "
-                     f"{base_of_reached} |")
+        flag = " †" if t.get("base_no_gain") else ""
+        lines.append(f"| {label} | {t['baseline']}{flag} | {100 * t['target_knn']:.2f} | "
+                     f"{100 * t['row_final_knn']:.2f} | {t['reached']}/{t['seeds']} | {t['base_seconds']:.0f} "
+                     f"({t['base_images']:.0f}) | {row_cell} | {base_of_reached} |")
+    for base, (count, seeds) in no_gain.items():
+        lines += ["", f"† {base} ends no higher than its untrained start (the kNN at 0 images) on {count} of {seeds} "
+                      "seed(s): there the target is met before training, so these times say nothing about speed."]
     return lines
 
 
