@@ -39,3 +39,22 @@ def test_two_folders_of_one_name_are_told_apart_by_their_path(tmp_path):
     panels = overview_panels(load_results([tmp_path / "pacs", tmp_path / "controls" / "pacs"]))
     assert [label for label, _ in panels["pacs"]] == ["tc2 vs none (3 seeds) [pacs]",
                                                       "tc2 vs none (3 seeds) [controls/pacs]"]
+
+
+def test_a_row_that_two_folders_share_is_listed_once():
+    """A folder run with ``--methods byol`` also reports the SimCLR rows of the main folder: the same runs (same
+    seeds, same per-seed values, same comparisons) are one measurement, listed once; a row that differs is kept."""
+    main_folder = fake_result("cifar10_subset", {"tc2": -0.01, "gessl": -0.05})
+    byol_folder = fake_result("cifar10_subset", {"tc2": -0.01, "byol/tc2": 0.003})
+    byol_folder["rows"][-1]["baseline"] = "byol/none"
+    for result in (main_folder, byol_folder):
+        result["runs"] = {label: {str(s): {"metrics": {"average": 0.4 + 0.01 * s}} for s in result["seeds"]}
+                          for label in result["summary"]}
+    rerun = fake_result("cifar10_subset", {"tc2": -0.01})            # the same label from other runs
+    rerun["runs"] = {label: {str(s): {"metrics": {"average": 0.3}} for s in rerun["seeds"]}
+                     for label in rerun["summary"]}
+    table = summary_markdown([main_folder, byol_folder, rerun])
+    assert table.count("| tc2 |") == 2                                # main folder's once, the other runs' once
+    assert table.count("| gessl |") == 1 and table.count("| byol/tc2 |") == 1
+    labels = [label for label, _ in overview_panels([main_folder, byol_folder])["cifar10_subset"]]
+    assert labels == ["tc2 vs none (3 seeds)", "gessl vs none (3 seeds)", "byol/tc2 vs byol/none (3 seeds)"]

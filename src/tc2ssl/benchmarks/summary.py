@@ -60,15 +60,40 @@ def summary_rows(result: dict) -> list[dict]:
     return rows
 
 
+def _measurement(result: dict, entry: dict) -> tuple:
+    """What identifies one reported row: suite, preset, seeds, label, base, its per-seed headline values and its
+    two comparisons (a folder that paired or matched it differently reports something else)."""
+    per_seed = (result.get("runs") or {}).get(entry["row"], {})
+    values = tuple(per_seed[str(seed)]["metrics"][result["primary"]] for seed in result["seeds"]
+                   if str(seed) in per_seed) or (entry["mean"],)
+    compute = ((entry["equal_epochs"] or {}).get("mean"), entry["compute_comparator"],
+               (entry["equal_compute"] or {}).get("mean"))
+    return (result["suite"], result["preset"], tuple(result["seeds"]), entry["row"], entry["baseline"], values,
+            compute)
+
+
+def distinct_rows(results: list[dict]) -> list[tuple[dict, dict]]:
+    """(result, entry) of every compared row of every folder, each measurement once: two folders of one suite
+    often share runs (the SimCLR rows of a folder with ``--methods byol`` are the same runs as the main folder's),
+    and a row listed twice would read as two results."""
+    seen, out = set(), []
+    for result in results:
+        for entry in summary_rows(result):
+            key = _measurement(result, entry)
+            if key not in seen:
+                seen.add(key)
+                out.append((result, entry))
+    return out
+
+
 def summary_markdown(results: list[dict]) -> str:
     lines = ["| suite (headline) | preset, seeds | row | mean (%) | vs base, equal epochs | equal-compute comparator "
              "| vs comparator, equal compute |", "|---|---|---|---|---|---|---|"]
-    for result in results:
-        for entry in summary_rows(result):
-            lines.append(f"| {result['suite']} ({result['primary']}) | {result['preset']}, "
-                         f"{len(result['seeds'])} | {entry['row']} | {100 * entry['mean']:.2f} | "
-                         f"{_cell(entry['equal_epochs'])} vs {entry['baseline']} | "
-                         f"{entry['compute_comparator'] or '—'} | {_cell(entry['equal_compute'])} |")
+    for result, entry in distinct_rows(results):
+        lines.append(f"| {result['suite']} ({result['primary']}) | {result['preset']}, "
+                     f"{len(result['seeds'])} | {entry['row']} | {100 * entry['mean']:.2f} | "
+                     f"{_cell(entry['equal_epochs'])} vs {entry['baseline']} | "
+                     f"{entry['compute_comparator'] or '—'} | {_cell(entry['equal_compute'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -76,11 +101,10 @@ def overview_panels(results: list[dict]) -> dict[str, list[tuple[str, dict]]]:
     """The overview's panels: one per suite (folders of the same suite share it), each a list of (label, entry);
     a label is ``row vs base (n seeds)``, with the folder name added where two folders have the same row."""
     panels: dict[str, list[tuple[str, dict]]] = {}
-    for result in results:
+    for result, entry in distinct_rows(results):
         panel = panels.setdefault(result["suite"], [])
-        for entry in summary_rows(result):
-            panel.append((f"{entry['row']} vs {entry['baseline']} ({len(result['seeds'])} seeds)", entry,
-                          result.get("folder", "")))
+        panel.append((f"{entry['row']} vs {entry['baseline']} ({len(result['seeds'])} seeds)", entry,
+                      result.get("folder", "")))
     out = {}
     for suite, panel in panels.items():
         rows = [entry["row"] for _, entry, _ in panel]
