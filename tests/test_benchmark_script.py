@@ -108,3 +108,25 @@ def test_protocol_tables_pair_models_by_seed(tmp_path):
         row = text.splitlines()[2]
         assert "| 50.00 ± 10.00 | 54.00 ± 9.17 | +4.00 [-0.97, +8.97] |" in row, row
         assert "(seeds: s0, s1, s2;" in text
+
+
+def test_step_cost_script_times_runs_against_the_first(tmp_path, capsys):
+    """benchmarks/step_cost.py on two tiny finished runs (SimCLR, BYOL): the reference's ratio is exactly 1, the
+    other's is positive, and the table names both folders."""
+    from tc2ssl import config as config_mod
+    from tc2ssl.train.loop import pretrain
+
+    dirs = []
+    for method in ("simclr", "byol"):
+        cfg = config_mod.load_config((), ["model.backbone=small_cnn_tiny", "data.max_train=64", "train.batch_size=32",
+                                          "train.epochs=1", "train.progress=false", f"method.name={method}",
+                                          f"out={tmp_path / method}"])
+        dirs.append(str(pretrain(cfg)))
+    spec = importlib.util.spec_from_file_location("step_cost", REPO / "benchmarks" / "step_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([*dirs, "--rounds", "2", "--warmup", "1", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    ratios = json.loads(printed[-1])
+    assert list(ratios) == dirs and ratios[dirs[0]] == 1.0 and ratios[dirs[1]] > 0
+    assert any(dirs[1] in line for line in printed[:-1])
