@@ -55,6 +55,11 @@ def curve(*points: tuple[float, float, float]) -> list[dict]:
     return [{"epoch": e, "knn": k, "seconds": t, "images": 100 * e} for e, (k, t, _) in enumerate(points)]
 
 
+def record(points: list[dict]) -> dict:
+    """A run record with one pretraining folder's time-to-accuracy curve."""
+    return {"curve": {"run": points}}
+
+
 def test_time_to_reach_interpolates_the_first_crossing():
     points = curve((0.1, 0.0, 0), (0.5, 10.0, 0), (0.7, 20.0, 0), (0.6, 30.0, 0), (0.9, 40.0, 0))
     # 0.6 is crossed between 0.5 (10 s, 100 images) and 0.7 (20 s, 200 images): halfway
@@ -67,9 +72,6 @@ def test_time_to_reach_interpolates_the_first_crossing():
 def test_time_to_the_base_accuracy_is_paired_by_seed_and_counts_seeds_that_never_reach_it():
     """Seed 0: the base ends at 0.8 after 40 s; the row passes 0.8 halfway between 10 s and 20 s. Seed 1: the
     base ends at 0.9 (reached at 40 s); the row ends at 0.85, never."""
-    def record(points):
-        return {"curve": {"run": points}}
-
     runs = {"none": {"0": record(curve((0.1, 0, 0), (0.5, 20, 0), (0.8, 40, 0))),
                      "1": record(curve((0.1, 0, 0), (0.6, 20, 0), (0.9, 40, 0)))},
             "gessl": {"0": record(curve((0.1, 0, 0), (0.7, 10, 0), (0.9, 20, 0))),
@@ -103,9 +105,6 @@ def test_a_post_hoc_runs_curve_starts_at_the_run_it_continues(tmp_path):
 def test_a_base_that_ends_below_its_untrained_start_is_flagged_not_timed_as_zero():
     """The base's final kNN (0.25) is below its untrained point (0.3): every curve "reaches" it at 0 s, which the
     table must not present as a speed. One seed like that, one normal seed."""
-    def record(points):
-        return {"curve": {"run": points}}
-
     runs = {"byol/none": {"0": record(curve((0.3, 0, 0), (0.2, 20, 0), (0.25, 40, 0))),
                           "1": record(curve((0.1, 0, 0), (0.2, 20, 0), (0.4, 40, 0)))},
             "byol/tc2": {"0": record(curve((0.3, 0, 0), (0.28, 30, 0), (0.26, 60, 0))),
