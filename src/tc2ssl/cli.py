@@ -10,6 +10,8 @@
                                                         transfer / OOD suites: pacs, colored_mnist, digits_transfer,
                                                         cifar10_subset (results.md: mean ± std, paired CIs,
                                                         the checks (docs/decisions.md) R1-R6 with their verdicts)
+    tc2ssl merge OUT BENCHMARK_DIR... [--rows A,B] [--seeds 0,1,2,3,4]
+                                                        one benchmark table from several (seeds, base methods)
     tc2ssl recheck BENCHMARK_DIR                        recompute a finished benchmark's checks, rewrite results.md
     tc2ssl evaluate [--protocol linear,knn,fewshot,semisup,finetune,layers] RUN_DIR [eval.data=NAME ...]
                                                         evaluate a trained encoder on any labelled data (default:
@@ -76,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="", help="further SSL methods, comma-separated: rows METHOD/PLUGIN for "
                    "every plug-in, paired with METHOD/none (the base method.name keeps the plain rows)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides and suite.KEY=VALUE suite options")
+    p = sub.add_parser("merge", help="one benchmark table from several finished benchmarks of the same suite and "
+                       "preset (seeds run at different times, or rows of another base method)")
+    p.add_argument("out", help="the folder to write the merged results.json / results.md / figures to")
+    p.add_argument("folders", nargs="+", help="benchmark folders (each holding results.json); the first one's base "
+                   "method names the plain rows")
+    p.add_argument("--rows", default=None, help="comma-separated row labels to keep (their bases and equal-compute "
+                   "comparators come with them); default: all")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds to keep; default: every seed of any folder")
     p = sub.add_parser("recheck", help="recompute the checks (docs/decisions.md) of a finished benchmark and "
                        "rewrite its results.json / results.md")
     p.add_argument("benchmark_dir", help="the benchmark's output folder (holding results.json)")
@@ -194,6 +204,15 @@ def _dispatch(args) -> int:
         overrides = [item for name in args.config_presets for item in preset_overrides(name)] + list(args.overrides)
         result = run_benchmark(args.suite, args.preset, args.plugins.split(","), seeds, overrides,
                                methods=args.methods.split(","))
+        print(json.dumps({row: {m: s["mean"] for m, s in by_metric.items()}
+                          for row, by_metric in result["summary"].items()}, indent=2))
+        return 0
+    if args.command == "merge":
+        from tc2ssl.benchmarks import parse_seeds
+        from tc2ssl.benchmarks.merge import merge_results
+
+        result = merge_results(args.folders, args.out, None if args.rows is None else args.rows.split(","),
+                               None if args.seeds is None else parse_seeds(args.seeds))
         print(json.dumps({row: {m: s["mean"] for m, s in by_metric.items()}
                           for row, by_metric in result["summary"].items()}, indent=2))
         return 0

@@ -629,8 +629,17 @@ def run_benchmark(suite_name: str, preset_name: str = "cpu",
             rows += compute_rows
 
     result = summarize_runs(suite, preset, base, rows, seeds, options, runs, matches)
+    finish_results(suite, result, base, out)
+    print(f"benchmark results: {out / 'results.md'}", file=sys.stderr)
+    return result
+
+
+def finish_results(suite: Suite, result: dict, base: config_mod.RunConfig, out: Path) -> None:
+    """Add the plots, the suite's own report and the checks to ``result`` (summarize_runs' output); write
+    results.json, results.md and the figures under ``out``."""
+    runs = result["runs"]
     plots = [plot_metric_bars(result["summary"], list(suite.metrics), out / "metrics.png",
-                              f"{suite.title} ({base.method.name}, preset {preset.name})")]
+                              f"{suite.title} ({base.method.name}, preset {result['preset']})")]
     time_plot = plot_time_to_accuracy(result["curves"], out / "time_to_accuracy.png",
                                       f"{suite.name}: frozen-backbone kNN during pretraining (mean over seeds)")
     plots += [time_plot] if time_plot is not None else []
@@ -649,8 +658,6 @@ def run_benchmark(suite_name: str, preset_name: str = "cpu",
     result["plots"] = [p.name for p in plots]
     result["checks"] = run_checks(result)
     write_results(suite, result, out)
-    print(f"benchmark results: {out / 'results.md'}", file=sys.stderr)
-    return result
 
 
 def write_results(suite: Suite, result: dict, out: Path) -> None:
@@ -933,6 +940,20 @@ def universality_markdown(result: dict) -> list[str]:
     return lines
 
 
+def merged_markdown(result: dict) -> list[str]:
+    """Where the runs of a merged table (``tc2ssl merge``) came from: the rows and seeds of each folder."""
+    sources: dict[str, dict[str, list[str]]] = {}
+    for label, by_seed in (result.get("merged_from") or {}).items():
+        for seed, folder in by_seed.items():
+            sources.setdefault(folder, {}).setdefault(seed, []).append(label)
+    if not sources:
+        return []
+    lines = ["", "## Merged from", "", "| folder | seed | rows |", "|---|---|---|"]
+    for folder, by_seed in sources.items():
+        lines += [f"| {folder} | {seed} | {', '.join(labels)} |" for seed, labels in by_seed.items()]
+    return lines
+
+
 def results_markdown(suite: Suite, result: dict) -> str:
     cfg = result["config"]
     metrics, n_seeds = result["metrics"], len(result["seeds"])
@@ -974,6 +995,7 @@ def results_markdown(suite: Suite, result: dict) -> str:
         lines.append("")
     lines += checks_markdown(result.get("checks") or [])
     lines += [f"![{p}]({p})" for p in result["plots"]]
+    lines += merged_markdown(result)
     lines += ["", "## Runs", "", "| row | seed | wall time (s) | run folder(s) |", "|---|---|---|---|"]
     for label, by_seed in result["runs"].items():
         for seed, record in by_seed.items():
