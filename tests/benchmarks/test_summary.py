@@ -58,3 +58,21 @@ def test_a_row_that_two_folders_share_is_listed_once():
     assert table.count("| gessl |") == 1 and table.count("| byol/tc2 |") == 1
     labels = [label for label, _ in overview_panels([main_folder, byol_folder])["cifar10_subset"]]
     assert labels == ["tc2 vs none (3 seeds)", "gessl vs none (3 seeds)", "byol/tc2 vs byol/none (3 seeds)"]
+
+
+def test_a_row_whose_runs_another_folder_holds_at_more_seeds_is_listed_once_with_the_more_seeds():
+    """A 3-seed folder's tc2 runs are the first 3 of a 5-seed folder's: the 5-seed row is the measurement; a 3-seed
+    row of other runs (different values on a shared seed) is kept."""
+    def with_runs(result: dict, value) -> dict:
+        result["runs"] = {label: {str(s): {"metrics": {"average": value(label, s)}} for s in result["seeds"]}
+                          for label in result["summary"]}
+        return result
+
+    five = with_runs(fake_result("pacs", {"tc2": -0.01}, seeds=range(5)), lambda label, s: 0.4 + 0.01 * s)
+    three = with_runs(fake_result("pacs", {"tc2": -0.02, "byol/tc2": 0.01}), lambda label, s: 0.4 + 0.01 * s)
+    other = with_runs(fake_result("pacs", {"tc2": -0.02}), lambda label, s: 0.3)
+    for name, result in (("five", five), ("three", three), ("other", other)):
+        result["folder"] = name
+    labels = [label for label, _ in overview_panels([three, five, other])["pacs"]]
+    assert labels == ["byol/tc2 vs none (3 seeds)", "tc2 vs none (5 seeds) [five]", "tc2 vs none (3 seeds) [other]"]
+    assert summary_markdown([three, five]).count("| tc2 |") == 1

@@ -141,10 +141,10 @@ def merge_results(folders: list[str | Path], out: str | Path, rows: list[str] | 
                     origin.setdefault(name, {})[seed] = result["_folder"]
                 elif held["metrics"] != record["metrics"]:
                     raise ConfigError(f"row {name!r}, seed {seed}: {origin[name][seed]} and {result['_folder']} "
-                                      f"hold different runs of it (metrics {held['metrics']} against {record['metrics']}): a "
-                                      "merged table takes each run from one place; leave the row out of one "
-                                      "folder's results.json (its `tc2ssl benchmark --plugins` without it) or "
-                                      "out of the merge (--rows, --seeds)")
+                                      f"hold different runs of it (metrics {held['metrics']} against "
+                                      f"{record['metrics']}): a merged table takes each run from one place; "
+                                      "leave the row out of one folder's results.json (its `tc2ssl benchmark "
+                                      "--plugins` without it) or out of the merge (--rows, --seeds)")
         for label, match in (result.get("equal_compute") or {}).items():
             match = ComputeMatch(row=names.get(label, label),
                                  **{**match, "comparator": names.get(match["comparator"], match["comparator"])})

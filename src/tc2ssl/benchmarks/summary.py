@@ -60,30 +60,49 @@ def summary_rows(result: dict) -> list[dict]:
     return rows
 
 
+def _per_seed(result: dict, entry: dict) -> dict[str, float]:
+    per_seed = (result.get("runs") or {}).get(entry["row"], {})
+    return {str(seed): per_seed[str(seed)]["metrics"][result["primary"]] for seed in result["seeds"]
+            if str(seed) in per_seed}
+
+
 def _measurement(result: dict, entry: dict) -> tuple:
     """What identifies one reported row: suite, preset, seeds, label, base, its per-seed headline values and its
     two comparisons (a folder that paired or matched it differently reports something else)."""
-    per_seed = (result.get("runs") or {}).get(entry["row"], {})
-    values = tuple(per_seed[str(seed)]["metrics"][result["primary"]] for seed in result["seeds"]
-                   if str(seed) in per_seed) or (entry["mean"],)
+    values = tuple(_per_seed(result, entry).values()) or (entry["mean"],)
     compute = ((entry["equal_epochs"] or {}).get("mean"), entry["compute_comparator"],
                (entry["equal_compute"] or {}).get("mean"))
     return (result["suite"], result["preset"], tuple(result["seeds"]), entry["row"], entry["baseline"], values,
             compute)
 
 
+def _covered(result: dict, entry: dict, other: dict, other_entry: dict) -> bool:
+    """Whether ``other`` reports the same runs of the row as ``result`` and more seeds: same suite, preset, label,
+    base and comparator; its seeds a strict superset; the same per-seed headline values on the shared seeds (a
+    folder of 3 seeds whose runs a 5-seed folder also holds)."""
+    same = (result["suite"], result["preset"], entry["row"], entry["baseline"], entry["compute_comparator"]) == (
+        other["suite"], other["preset"], other_entry["row"], other_entry["baseline"],
+        other_entry["compute_comparator"])
+    if not same or not set(map(str, result["seeds"])) < set(map(str, other["seeds"])):
+        return False
+    mine, theirs = _per_seed(result, entry), _per_seed(other, other_entry)
+    return bool(mine) and all(theirs.get(seed) == value for seed, value in mine.items())
+
+
 def distinct_rows(results: list[dict]) -> list[tuple[dict, dict]]:
     """(result, entry) of every compared row of every folder, each measurement once: two folders of one suite
-    often share runs (the SimCLR rows of a folder with ``--methods byol`` are the same runs as the main folder's),
-    and a row listed twice would read as two results."""
-    seen, out = set(), []
+    often share runs (the SimCLR rows of a folder with ``--methods byol`` are the same runs as the main folder's;
+    a 3-seed folder's runs are the first seeds of a 5-seed folder of the same rows), and a row listed twice would
+    read as two results. Of the same runs at different seed counts, the one with more seeds is kept."""
+    seen, candidates = set(), []
     for result in results:
         for entry in summary_rows(result):
             key = _measurement(result, entry)
             if key not in seen:
                 seen.add(key)
-                out.append((result, entry))
-    return out
+                candidates.append((result, entry))
+    return [(result, entry) for result, entry in candidates
+            if not any(_covered(result, entry, other, other_entry) for other, other_entry in candidates)]
 
 
 def summary_markdown(results: list[dict]) -> str:
