@@ -47,7 +47,9 @@ def read_results(folder: str | Path) -> dict:
         raise DataError(f"no benchmark results at {path} (run `tc2ssl benchmark SUITE` first)")
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
-        result["suite"], result["rows"], result["runs"], result["config"]["method"]["name"]  # noqa: B018
+        missing = [key for key in ("suite", "preset", "options", "seeds", "rows", "runs") if key not in result]
+        if missing or not isinstance(result["config"]["method"]["name"], str):
+            raise KeyError(missing[0] if missing else "config.method.name")
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise DataError(f"{path} is not a tc2ssl benchmark results file ({error})") from None
     return result
@@ -126,8 +128,9 @@ def merge_results(folders: list[str | Path], out: str | Path, rows: list[str] | 
     for result in results:
         other = result["config"]["method"]["name"]
         prefix = None if other == method else other
-        names = {entry["label"]: row.label for entry, row in zip(result["rows"], _method_rows(result, prefix))}
-        for row in _method_rows(result, prefix):
+        folder_rows = _method_rows(result, prefix)
+        names = {entry["label"]: row.label for entry, row in zip(result["rows"], folder_rows)}
+        for row in folder_rows:
             known = merged_rows.setdefault(row.label, row)
             if known != row:
                 raise ConfigError(f"row {row.label!r} is defined differently in {result['_folder']} ({row}) than in "
