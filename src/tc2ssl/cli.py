@@ -138,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _print_means(result: dict) -> None:
+    """A benchmark's mean per row and metric, as JSON on stdout."""
+    print(json.dumps({row: {m: s["mean"] for m, s in by_metric.items()}
+                      for row, by_metric in result["summary"].items()}, indent=2))
+
+
 def _dispatch(args) -> int:
     from tc2ssl import config as config_mod
 
@@ -204,8 +210,7 @@ def _dispatch(args) -> int:
         overrides = [item for name in args.config_presets for item in preset_overrides(name)] + list(args.overrides)
         result = run_benchmark(args.suite, args.preset, args.plugins.split(","), seeds, overrides,
                                methods=args.methods.split(","))
-        print(json.dumps({row: {m: s["mean"] for m, s in by_metric.items()}
-                          for row, by_metric in result["summary"].items()}, indent=2))
+        _print_means(result)
         return 0
     if args.command == "merge":
         from tc2ssl.benchmarks import parse_seeds
@@ -213,8 +218,7 @@ def _dispatch(args) -> int:
 
         result = merge_results(args.folders, args.out, None if args.rows is None else args.rows.split(","),
                                None if args.seeds is None else parse_seeds(args.seeds))
-        print(json.dumps({row: {m: s["mean"] for m, s in by_metric.items()}
-                          for row, by_metric in result["summary"].items()}, indent=2))
+        _print_means(result)
         return 0
     if args.command == "recheck":
         from tc2ssl.benchmarks.suites import recheck

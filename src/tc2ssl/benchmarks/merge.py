@@ -13,12 +13,13 @@ and checks (they are recomputed from the per-run records, which results.json kee
   the method and keeps its label).
 
 What must agree, or the merge is refused naming the difference: the suite, the preset, the suite options and the
-base config (all but ``out``, ``seed`` and, for a relabelled folder, ``method.name``); a row's definition (plug-in,
-overrides, base) wherever two folders have it; a (row, seed) that two folders both hold must have the same
-metrics (it is then the same run, reused by both); a row's equal-compute comparator and its epochs. The equal-
-compute epochs of a benchmark are set once from its first seed's step timing, so a folder of later seeds run with
-a copy of the first folder's ``equal_compute.json`` (``tc2ssl benchmark`` reuses the timing found there) matches
-the first folder's comparators. Each selected row must have a record for each selected seed.
+base config (all but ``out``, ``seed``, the keys a resumed run may change (e.g. logging) and, for a relabelled
+folder, ``method.name``; an older config is first resolved as this version reads it); a row's definition (plug-in,
+overrides, base) wherever two folders have it; a (row, seed) that two folders both hold must have the same metrics
+(it is then the same run, reused by both); a row's equal-compute comparator and its epochs. The equal- compute
+epochs of a benchmark are set once from its first seed's step timing, so a folder of later seeds run with a copy of
+the first folder's ``equal_compute.json`` (``tc2ssl benchmark`` reuses the timing found there) matches the first
+folder's comparators. Each selected row must have a record for each selected seed.
 
 The first folder's base method names the plain rows. results.json records where each (row, seed) came from
 (``merged_from``).
@@ -34,6 +35,7 @@ from tc2ssl.benchmarks.compute import ComputeMatch
 from tc2ssl.benchmarks.presets import get_preset
 from tc2ssl.benchmarks.suites import RANDOM_INIT, SUITES, Row, finish_results, summarize_runs
 from tc2ssl.errors import ConfigError, DataError
+from tc2ssl.train.loop import _config_diff, _resolved
 
 #: base-config keys that may differ between merged folders (where the runs went, the base seed)
 UNCOMPARED_KEYS = ("out", "seed")
@@ -89,12 +91,6 @@ def _comparable(config: dict, drop_method: bool) -> dict:
     return config
 
 
-def _differences(a, b, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for key in sorted(set(a) | set(b)) for d in _differences(a.get(key), b.get(key), f"{prefix}{key}.")]
-    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} against {b!r}"]
-
-
 def merge_results(folders: list[str | Path], out: str | Path, rows: list[str] | None = None,
                   seeds: list[int] | None = None) -> dict:
     """Merge the results.json of ``folders`` into ``out`` (module docstring); returns the merged results.json.
@@ -115,8 +111,8 @@ def merge_results(folders: list[str | Path], out: str | Path, rows: list[str] | 
                 raise ConfigError(f"{result['_folder']} is a benchmark of another {key} ({result[key]!r}) than "
                                   f"{first['_folder']} ({first[key]!r}): only one suite at one scale merges")
         other = result["config"]["method"]["name"]
-        diffs = _differences(_comparable(first["config"], other != method),
-                             _comparable(result["config"], other != method))
+        diffs = _config_diff(_comparable(_resolved(first["config"]), other != method),
+                             _comparable(_resolved(result["config"]), other != method), labels=("", " against "))
         if diffs:
             raise ConfigError(f"{result['_folder']} ran another base config than {first['_folder']}: "
                               + "; ".join(diffs))

@@ -247,7 +247,10 @@ def _floats(metrics: dict) -> dict:
     return out
 
 
-def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+def _config_diff(a: dict, b: dict, prefix: str = "", labels: tuple[str, str] = ("checkpoint ", " vs now ")
+                 ) -> list[str]:
+    """The keys where configs ``a`` and ``b`` differ (resume-free keys skipped), each as ``key: <labels[0]>A
+    <labels[1]>B``."""
     diffs = []
     for key in sorted(set(a) | set(b)):
         full = f"{prefix}{key}"
@@ -255,9 +258,9 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
             continue
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
-            diffs.extend(_config_diff(va, vb, full + "."))
+            diffs.extend(_config_diff(va, vb, full + ".", labels))
         elif va != vb:
-            diffs.append(f"{full}: checkpoint {va!r} vs now {vb!r}")
+            diffs.append(f"{full}: {labels[0]}{va!r}{labels[1]}{vb!r}")
     return diffs
 
 
