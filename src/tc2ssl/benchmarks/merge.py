@@ -16,7 +16,7 @@ What must agree, or the merge is refused naming the difference: the suite, the p
 base config (all but ``out``, ``seed``, the keys a resumed run may change (e.g. logging) and, for a relabelled
 folder, ``method.name``; an older config is first resolved as this version reads it); a row's definition (plug-in,
 overrides, base) wherever two folders have it; a (row, seed) that two folders both hold must have the same metrics
-(it is then the same run, reused by both); a row's equal-compute comparator and its epochs. The equal- compute
+(it is then the same run, reused by both); a row's equal-compute comparator and its epochs. The equal-compute
 epochs of a benchmark are set once from its first seed's step timing, so a folder of later seeds run with a copy of
 the first folder's ``equal_compute.json`` (``tc2ssl benchmark`` reuses the timing found there) matches the first
 folder's comparators. Each selected row must have a record for each selected seed.
